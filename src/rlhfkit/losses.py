@@ -42,16 +42,16 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------
-# Masked reductions. `mask` is bool; padding positions may hold anything finite.
+# Masked reductions. `mask` is bool; padding positions may hold anything, inf and nan included.
 
 
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     # `where`, not `x * mask`: a padded inf/nan times 0 is still nan
     x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
     return x.sum() if dim is None else x.sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None) -> torch.Tensor:
     """Mean of x over the positions `mask` marks (over all of them, or along `dim`); 0 if none."""
     n = mask.sum() if dim is None else mask.sum(dim)
     return masked_sum(x, mask, dim) / n.clamp(min=1)
