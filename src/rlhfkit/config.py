@@ -108,9 +108,7 @@ def _parse_set(item: str) -> tuple[str, Any]:
 def load_config(cls: type, path: str | Path | None = None, sets: list[str] | None = None,
                 stage: str = "this stage") -> Any:
     """Build `cls` from defaults <- TOML file <- --set overrides, checking every key."""
-    types_ = _field_types(cls)
-    known = list(types_)
-    values: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -119,12 +117,21 @@ def load_config(cls: type, path: str | Path | None = None, sets: list[str] | Non
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: not valid TOML ({e})") from None
-        for name, value in data.items():
-            if name not in types_:
-                if isinstance(value, dict):
-                    raise UserError(f"{path}: [{name}] tables are not stage keys; stage configs are flat key = value")
-                raise _unknown(name, known, str(path), stage)
-            values[name] = _coerce(value, types_[name], f"{path}: key '{name}'")
+    return config_from_dict(cls, data, str(path), sets, stage)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str = "config", sets: list[str] | None = None,
+                     stage: str = "this stage") -> Any:
+    """Build `cls` from a dict of flat keys (a TOML file's or a recipe table's) and --set items."""
+    types_ = _field_types(cls)
+    known = list(types_)
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in types_:
+            if isinstance(value, dict):
+                raise UserError(f"{where}: [{name}] tables are not stage keys; stage configs are flat key = value")
+            raise _unknown(name, known, where, stage)
+        values[name] = _coerce(value, types_[name], f"{where}: key '{name}'")
     for item in sets or []:
         name, value = _parse_set(item)
         if name not in types_:

@@ -1,0 +1,138 @@
+"""Run a recipe: the stages of a run, in order, each skipped when nothing it depends on changed.
+
+    rlhfkit run recipes/my-run.toml [--run runs/x] [--set pretrain.max_steps=50] [--force STEP]
+    rlhfkit demo [--run runs/demo] [--set ...]        # the packaged recipe rlhfkit/recipes/demo.toml
+
+A recipe is TOML. `[recipe]` holds `run` (the run directory; `{run}` in any string below is
+replaced by it) and a `description`; every other table is a step, run in file order:
+
+    [pretrain]              # the step's name; `stage` defaults to it
+    out = "{run}/base"      # config stages take their keys here, exactly as in --config files
+    max_steps = 300
+
+    [samples]
+    stage = "sample"        # plain commands take their command line in `args`
+    args = ["{run}/sft", "--prompt", "Tell me a joke about pelicans.", "-n", "3"]
+    always = true           # run even when unchanged (printing steps)
+
+A step is skipped when its fingerprint — its own table, the fingerprint of the step before it,
+and the size and mtime of every existing file its strings name — equals the one recorded in
+`{run}/recipe-state.json` when it last finished. So editing one step re-runs it and everything
+after it, and nothing before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import _parse_set, config_from_dict
+from rlhfkit.files import UserError, atomic_write_text
+
+STEP_KEYS = ("stage", "args", "always")
+
+
+def _substitute(value: Any, run: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{run}", run)
+    if isinstance(value, list):
+        return [_substitute(v, run) for v in value]
+    return value
+
+
+def _file_stamps(value: Any) -> list:
+    """(path, size, mtime) for each existing file a value names: inputs changed -> re-run."""
+    out = []
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and len(v) < 4096 and Path(v).is_file():
+            st = Path(v).stat()
+            out.append((v, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def load_recipe(path: Path, run: str | None, sets: list[str]) -> tuple[str, str, dict[str, dict]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    head = data.pop("recipe", {})
+    run = run or head.get("run")
+    if not run:
+        raise UserError(f"{path}: [recipe] needs `run = \"runs/NAME\"` (or pass --run)")
+    steps = {name: dict(table) for name, table in data.items() if isinstance(table, dict)}
+    if not steps:
+        raise UserError(f"{path}: no steps (each [table] is a step)")
+    for item in sets:
+        dotted, value = _parse_set(item)
+        step, _, k = dotted.partition(".")
+        if step not in steps or not k:
+            raise UserError(f"--set {item}: expected STEP.KEY=VALUE with STEP one of {', '.join(steps)}")
+        steps[step][k] = value
+    return run, head.get("description", ""), steps
+
+
+def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None,
+               force: list[str] | None = None) -> None:
+    from rlhfkit.cli import COMMANDS
+
+    run, description, steps = load_recipe(path, run, sets or [])
+    state_path = Path(run) / "recipe-state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    print(f"recipe {path.name} -> {run}" + (f": {description}" if description else ""))
+    prev, t_all, timings = "", time.perf_counter(), []
+    for name, table in steps.items():
+        stage = table.get("stage", name)
+        if stage not in COMMANDS or stage in ("run", "demo"):
+            raise UserError(f"{path}: step [{name}] names unknown stage '{stage}'")
+        table = {k: _substitute(v, run) for k, v in table.items()}
+        keys = {k: v for k, v in table.items() if k not in STEP_KEYS}
+        stamps = [s for v in table.values() for s in _file_stamps(v)]
+        fp = hashlib.sha256(json.dumps([prev, name, table, stamps], sort_keys=True, default=str).encode()).hexdigest()
+        prev = fp
+        if state.get(name) == fp and not table.get("always") and name not in (force or []):
+            print(f"\n== {name}: unchanged since it last finished, skipped")
+            continue
+        print(f"\n== {name} ({stage})", flush=True)
+        t = time.perf_counter()
+        module = importlib.import_module(COMMANDS[stage][0])
+        if hasattr(module, "cli"):
+            if keys:
+                raise UserError(f"{path}: step [{name}] ({stage}) takes its command line in `args`, not {sorted(keys)}")
+            rc = module.cli(stage, [str(a) for a in table.get("args", [])])
+            if rc:
+                raise UserError(f"step [{name}] failed (exit code {rc})")
+        else:
+            module.run(config_from_dict(module.Config, keys, f"{path} [{name}]", stage=stage))
+        timings.append((name, time.perf_counter() - t))
+        state[name] = fp
+        Path(run).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(state_path, json.dumps(state, indent=1))
+    total = time.perf_counter() - t_all
+    print(f"\nrecipe done in {total:.0f} s" + "".join(f"\n  {n:<12} {s:7.1f} s" for n, s in timings))
+    print(f"outputs: {run}/")
+
+
+def cli(name: str, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0])
+    if name == "run":
+        p.add_argument("recipe", help="recipe TOML file")
+    p.add_argument("--run", help="run directory (overrides the recipe's)")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE", help="override a step's key")
+    p.add_argument("--force", action="append", default=[], metavar="STEP", help="re-run this step even if unchanged")
+    a = p.parse_args(argv)
+    if name == "demo":
+        from importlib.resources import files
+
+        path = Path(str(files("rlhfkit") / "recipes" / "demo.toml"))
+    else:
+        path = Path(a.recipe)
+    run_recipe(path, a.run, a.set, a.force)
+    return 0
