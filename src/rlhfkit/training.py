@@ -11,6 +11,7 @@ are all a checkpoint needs for a resumed run to be bitwise the same as an uninte
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
-from rlhfkit.files import UserError, atomic_dir
+from rlhfkit.files import UserError, atomic_dir, atomic_write_text
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -154,12 +155,23 @@ class MetricsLog:
             self.path.write_text("")
         elif self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+        self.tb = None
+        if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard when installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, step: int, metrics: dict) -> None:
         if self.main:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": step, **{k: _round(v) for k, v in metrics.items()}}) + "\n")
+            if self.tb is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        self.tb.add_scalar(k, v, step)
+                self.tb.flush()
 
 
 def _round(v):
