@@ -103,7 +103,9 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
         print(f"\n== {name} ({stage})", flush=True)
         t = time.perf_counter()
         module = importlib.import_module(COMMANDS[stage][0])
-        if hasattr(module, "cli"):
+        if hasattr(module, "STAGES"):  # one module, several config stages (grpo, rloo)
+            module = module.STAGES[stage]
+        if hasattr(module, "cli") and not hasattr(module, "Config"):
             if keys:
                 raise UserError(f"{path}: step [{name}] ({stage}) takes its command line in `args`, not {sorted(keys)}")
             rc = module.cli(stage, [str(a) for a in table.get("args", [])])

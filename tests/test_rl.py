@@ -1,0 +1,242 @@
+"""The RL stages (ppo, grpo, rloo) on a tiny model: rewards, smoke runs, learning, resume, DDP."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import metrics
+
+# the real CLI entry point (UserError -> one line, exit 2)
+RUNNER = "import sys; from rlhfkit.cli import main; sys.exit(main(sys.argv[1:]))"
+ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def cli(*args, check=True, env=None, timeout=300):
+    r = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **ENV, **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args[:1])} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+def sets(*items):
+    return [x for s in items for x in ("--set", s)]
+
+
+def letter_share(prompts, completions, **_):
+    """A learnable reward for a tiny model: the share of a response's characters that are 'a'."""
+    return [c.count("a") / max(1, len(c)) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def rl_data(tmp_path_factory, tiny_base):
+    d = tmp_path_factory.mktemp("rl")
+    with (d / "prompts.jsonl").open("w") as f:
+        for i in range(16):
+            f.write(json.dumps({"prompt": f"What is {i} + {i + 3}?", "answer": str(2 * i + 3)}) + "\n")
+    with (d / "eval.jsonl").open("w") as f:  # the messages form, with a system turn
+        for i in range(4):
+            f.write(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": f"What is {i} + 20?"}],
+                                "answer": str(i + 20)}) + "\n")
+    # a reward model: the tiny base with a scalar head (random), saved as rlhfkit reward would
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rm.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rm.save_pretrained(d / "rm")
+    tok.save_pretrained(d / "rm")
+    return d
+
+
+def common(tiny_base, d, out, steps=3):
+    return sets(f"model={tiny_base}", f"prompts={d / 'prompts.jsonl'}", f"eval_prompts={d / 'eval.jsonl'}",
+                f"out={out}", f"max_steps={steps}", "prompts_per_step=4", "group_size=4", "max_new_tokens=8",
+                "micro_batch_size=4", "learning_rate=3e-3", "eval_every=2")
+
+
+def finite(rows):
+    return all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+
+
+def changed_tensors(a: Path, b: Path) -> int:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return sum(not torch.equal(x[k], y[k]) for k in x)
+
+
+def records(d):
+    from rlhfkit.data import read_prompts
+    return read_prompts(d / "prompts.jsonl")[:2]
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+def test_reward_specs(rl_data):
+    from rlhfkit.files import UserError
+    from rlhfkit.rl import resolve_reward
+
+    recs = records(rl_data)  # answers 3 and 5
+    r = resolve_reward("math+format")
+    out = r(recs, ["1 + 2 = 3. The answer is 3.", "The answer is 4, I think"])
+    # row 0: right and well formed; row 1: wrong (4 != 5) and not ending in "The answer is N."
+    assert r.names == ["math", "format"] and out.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    # module:function, batch form (record fields arrive as lists) and per-example form
+    assert resolve_reward("rlhfkit.rewards.verifiers:math_reward")(recs, ["3", "5"]).tolist() == [[1.0], [1.0]]
+    joke = "Why did the pelican get kicked out of the restaurant? It had a very big bill!"
+    assert resolve_reward("rlhfkit.rewards.gold:joke")([{"prompt": "A joke about pelicans."}], [joke]).item() == 1.0
+    assert resolve_reward("format", format_regex="^x")(recs, ["xy", "yx"]).flatten().tolist() == [1.0, 0.0]
+    with pytest.raises(UserError, match="expected one of math, format"):
+        resolve_reward("bogus")
+    with pytest.raises(UserError, match="record 1 has no 'answer' field"):
+        resolve_reward("math").check([{"prompt": "hi"}], "p.jsonl")
+
+
+def test_rm_reward_is_mean_minus_k_std(rl_data):
+    from rlhfkit.rewards.rm import RewardScorer
+    from rlhfkit.rl import resolve_reward
+
+    recs = records(rl_data)
+    got = resolve_reward(f"rm:{rl_data / 'rm'}", rm_uncertainty_k=2.0)(recs, ["3", "five"])[:, 0]
+    mean, std = RewardScorer.load(rl_data / "rm").score([x["messages"] for x in recs], ["3", "five"])
+    assert torch.allclose(got, mean - 2.0 * std)  # one model: std is 0, so this is its score
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+@pytest.fixture(scope="module")
+def ppo_one(tiny_base, rl_data, tmp_path_factory):
+    """PPO with a reward model for the reward and the critic, in 2 generate calls of 8 rows:
+    the 1-process reference of the DDP test."""
+    out = tmp_path_factory.mktemp("ppo") / "one"
+    args = ["ppo", *common(tiny_base, rl_data, out), *sets(
+        f"reward=rm:{rl_data / 'rm'}+format", f"value_init=rm:{rl_data / 'rm'}", "generation_batch_size=8",
+        "num_minibatches=2", "ppo_epochs=2", "micro_batch_size=2", "missing_eos_penalty=0.5")]
+    cli(*args)
+    return out, args
+
+
+def test_ppo_runs(ppo_one, tiny_base):
+    out, _ = ppo_one
+    m = metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in m] == [0, 1, 2, 3]  # step 0: the eval before training
+    for k in ("rollout/reward_mean", "rollout/reward_std", "rollout/length_mean", "ppo/approx_kl", "ppo/clipfrac",
+              "ppo/vf_loss", "ppo/kl_coef", "policy/kl_ref", "policy/entropy", "reward/rm_mean", "reward/format_mean",
+              "time/step_s", "time/rollout_s", "time/train_s", "time/tokens_per_s"):
+        assert k in m[1], k
+    assert "eval/reward_mean" in m[0] and "eval/reward_mean" in m[2] and "eval/accuracy" not in m[2]
+    assert finite(m) and all("/" in k for r in m for k in r if k != "step")  # namespaced
+    assert m[1]["policy/kl_ref"] == 0.0 and m[3]["policy/kl_ref"] != 0.0  # ref = the init policy
+    assert m[1]["rollout/logprob_gap"] < 1e-4  # the training forward reproduces the sampler
+    assert m[3]["ppo/kl_coef"] != m[1]["ppo/kl_coef"]  # adaptive
+    assert changed_tensors(tiny_base, out) > 0
+    assert (out / "checkpoints").is_dir() and (out / "samples.jsonl").is_file()
+
+
+def _torchrun(script: Path, *args):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script), *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_ppo_two_processes_match_one(ppo_one, tmp_path):
+    out, args = ppo_one
+    script = tmp_path / "run.py"
+    script.write_text(RUNNER)
+    two = tmp_path / "two"
+    r = _torchrun(script, *[a if not a.startswith("out=") else f"out={two}" for a in args])
+    assert r.stdout.count("ppo: done") == 1
+    one, two = metrics(out / "metrics.jsonl"), metrics(two / "metrics.jsonl")
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        for k in a:
+            if not k.startswith("time/"):
+                assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+
+
+def _grpo_args(tiny_base, rl_data, out, steps=4):
+    return ["grpo", *common(tiny_base, rl_data, out, steps), *sets("reward=math+format", "save_every=2",
+                                                                     "loss_reduction=token", "ppo_epochs=2")]
+
+
+def test_grpo_sigkill_resume_is_exact(tiny_base, rl_data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    cli(*_grpo_args(tiny_base, rl_data, straight))
+    m = metrics(straight / "metrics.jsonl")
+    assert {"grpo/approx_kl", "grpo/kl", "grpo/clipfrac", "eval/accuracy", "reward/math_mean"} <= set().union(*m)
+    assert finite(m) and (straight / "step-2" / "config.json").is_file()  # an HF dir per save
+
+    args = _grpo_args(tiny_base, rl_data, killed)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-0000002" / "state.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    r = cli(*args)
+    assert "resuming at step" in r.stdout
+    assert changed_tensors(straight, killed) == 0  # bitwise
+    a, b = metrics(straight / "metrics.jsonl"), metrics(killed / "metrics.jsonl")
+    assert [x["step"] for x in b] == [0, 1, 2, 3, 4]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    assert strip(a) == strip(b)
+
+
+def _run_inprocess(sets_: list[str], name: str):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import grpo
+
+    stage = grpo.STAGES[name]
+    stage.run(load_config(stage.Config, sets=sets_))
+
+
+def test_grpo_learns_a_rewarded_letter(tiny_base, rl_data, tmp_path):
+    # the policy is paid for the share of 'a' in its answers: within 15 steps it writes more of them
+    out = tmp_path / "learn"
+    _run_inprocess([f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}", f"out={out}",
+                          "reward=test_rl:letter_share", "max_steps=15", "prompts_per_step=4", "group_size=8",
+                          "max_new_tokens=12", "micro_batch_size=16", "learning_rate=1e-2", "kl_coef=0.0"], "grpo")
+    r = [x["rollout/reward_mean"] for x in metrics(out / "metrics.jsonl")]
+    first, last = sum(r[:3]) / 3, sum(r[-3:]) / 3
+    assert last > first + 0.05 and last > 1.5 * first, r
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "reinforce_pp"])
+def test_rloo_runs_with_lora_and_a_base_reference(advantage, tiny_base, rl_data, tmp_path):
+    out = tmp_path / advantage
+    _run_inprocess([*[s for s in common(tiny_base, rl_data, out) if s != "--set"], "lora=true", "lora_r=4",
+                          f"advantage={advantage}", "learning_rate=3e-2", "reward=math+test_rl:letter_share",
+                          "eval_every=0"], "rloo")
+    m = metrics(out / "metrics.jsonl")
+    assert {"rloo/approx_kl", "rloo/pg_loss", "policy/kl_ref", "eval/accuracy"} <= set(m[-1])
+    assert finite(m)
+    # the reference is the base with the adapters off: identical before the first update, apart after
+    assert m[1]["policy/kl_ref"] == 0.0 and m[-1]["policy/kl_ref"] != 0.0
+    before, after = load_file(tiny_base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(before) == set(after)  # merged: a plain model
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(before["model.norm.weight"], after["model.norm.weight"])  # not a LoRA target
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["reward=bogus"], "reward 'bogus'"),
+    (["prompts_per_step=3", "group_size=3", "generation_batch_size=2"], "must split into generate calls"),
+])
+def test_bad_config_is_one_line(extra, msg, tiny_base, rl_data, tmp_path):
+    r = cli("grpo", *common(tiny_base, rl_data, tmp_path / "x"), *sets(*extra), check=False)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
