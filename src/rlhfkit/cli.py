@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("rlhfkit.tokenizer", "train a byte-level BPE tokenizer with a chat template"),
     "pretrain": ("rlhfkit.stages.pretrain", "pre-train a decoder-only transformer from scratch"),
     "sft": ("rlhfkit.stages.sft", "supervised fine-tuning on conversations (loss on assistant turns)"),
+    "reward": ("rlhfkit.stages.reward", "train a reward model from rankings (pairs, K-way, ensembles)"),
+    "eval-reward": ("rlhfkit.stages.eval_reward", "evaluate a reward model on held-out rankings"),
     "ppo": ("rlhfkit.stages.ppo", "RL with PPO: critic, GAE, per-token KL penalty in the reward (InstructGPT)"),
     "grpo": ("rlhfkit.stages.grpo", "RL with GRPO: group-normalised advantages, KL in the loss (DeepSeekMath)"),
     "rloo": ("rlhfkit.stages.grpo", "RL with RLOO / REINFORCE++: critic-free, KL in the reward"),

@@ -26,6 +26,26 @@ def setup() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+SMALL_MODEL = 20_000_000  # parameters; below this a stage runs on one thread unless told otherwise
+
+
+def set_threads(model, threads: int = 0) -> int:
+    """CPU threads for this process: `threads` if set, else 1 for small models, else this
+    rank's share of the cores.
+
+    A small model's matmuls are mostly thread hand-offs: when another process holds a core,
+    the descheduled OpenMP worker stalls every one of them (measured here on a 2.2M-parameter
+    Llama training step: 3,900 tokens/s on 1 thread, 600 on 2 threads, with one other busy
+    process on the 2 cores).
+    """
+    if not threads:
+        n_params = sum(p.numel() for p in model.parameters())
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        threads = 1 if n_params < SMALL_MODEL else max(1, (os.cpu_count() or 1) // local_world)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 

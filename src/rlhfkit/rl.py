@@ -40,7 +40,6 @@ from rlhfkit.losses import masked_mean, token_logprobs
 from rlhfkit.rewards.verifiers import DEFAULT_FORMAT_REGEX, VERIFIERS
 
 
-SMALL_MODEL = 20_000_000  # parameters; below this the stages run on one thread (see `threads`)
 
 
 @dataclass
@@ -224,11 +223,7 @@ def load_models(cfg: RLConfig):
         # no second copy of the weights
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     policy.train()
-    n_params = sum(p.numel() for p in policy.parameters())
-    if cfg.threads or n_params < SMALL_MODEL:
-        # a small model's matmuls are all thread hand-offs: on a shared CPU a descheduled
-        # OpenMP worker stalls every one of them (measured: 100x slower with 2 threads on 2 busy cores)
-        torch.set_num_threads(cfg.threads or 1)
+    distributed.set_threads(policy, cfg.threads)
     return tokenizer, policy, ref
 
 

@@ -51,6 +51,7 @@ class Config:
     eval_batches: int = key(4, "micro-batches per evaluation")
     save_every: int = key(100, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = key(2, "checkpoints kept on disk")
+    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else the cores)")
     log_every: int = key(10, "write metrics every N steps")
 
 
@@ -92,6 +93,7 @@ def run(cfg: Config) -> None:
 
     # ---- model, optimizer, resume
     model = build_model(cfg, tokenizer)
+    distributed.set_threads(model, cfg.threads)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     ckpts = Checkpoints(out, cfg.keep_checkpoints)

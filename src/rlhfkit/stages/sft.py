@@ -50,6 +50,7 @@ class Config:
     eval_every: int = key(50, "evaluate every N steps (0: only at the end)")
     save_every: int = key(100, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = key(2, "checkpoints kept on disk")
+    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else the cores)")
     log_every: int = key(5, "write metrics every N steps")
 
 
@@ -88,6 +89,7 @@ def run(cfg: Config) -> None:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    distributed.set_threads(model, cfg.threads)
     ckpts = Checkpoints(out, cfg.keep_checkpoints)
     step = 0
     if (latest := ckpts.latest()) is not None:

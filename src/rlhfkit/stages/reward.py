@@ -1,0 +1,408 @@
+"""Train a reward model from rankings: pairs, K-way rankings, ensembles.
+
+    rlhfkit reward --set model=runs/demo/sft --set data=runs/demo --set out=runs/demo/rm
+    rlhfkit reward --set model=~/.cache/rlhfkit/models/smollm2-135m-instruct --set lora=true \
+                   --set data=hh-rlhf.jsonl.gz --set ensemble=3 --set out=runs/hh/rm
+
+`model` is any causal LM (an SFT output, an HF dir, a .gguf file, a hub id) or a reward model
+to train further; it becomes an `AutoModelForSequenceClassification` with one output (a new
+score head on the last non-pad token). `data` is a run dir (its feedback.db; or `db` = URL) or
+any preference file `rlhfkit feedback import` reads (rlhfkit, HH, TRL, OASST). The RM reads
+the prompt's messages plus the response as the assistant turn, through the chat template.
+
+A batch is whole rankings: all K responses of a ranking go through one forward pass, and
+`loss` picks how the order is scored (`rlhfkit.losses.RM_LOSSES`): "ranking" (InstructGPT:
+all K(K-1)/2 pairs, each ranking weighs the same), "pairwise" (every pair weighs the same),
+"plackett_luce" (the likelihood of the whole order). Ties carry no order and are skipped;
+rankings marked all_bad keep their order (the person still said which was less bad) unless
+`skip_all_bad = true`. With `lora = true` the adapters and the whole score head train
+(peft modules_to_save), and are merged on save.
+
+`ensemble = N` trains N members (seeds seed..seed+N-1, each on a bootstrap resample of the
+training prompts) into out/member-0 ... out/member-{N-1} plus out/ensemble.json; a single model
+is out/ itself. After training, each member's scores are normalised to mean 0, std 1 on
+`norm_data` (policy samples, JSONL {"prompt" | "messages", "response"}) or, if empty, on the
+training responses: the scale is folded into the score head, the shift recorded in
+reward_norm.json (see rlhfkit.rewards.rm). The held-out split (`eval_fraction` of the prompts, or
+`eval_data`) is scored by the saved model: out/eval.json, out/calibration.png, and `rm/...`
+metrics in out/metrics.jsonl. `rlhfkit eval-reward` does the same for any model and data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit import distributed
+from rlhfkit.config import key, save_config
+from rlhfkit.files import UserError, atomic_write_text
+from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
+                              make_optimizer, micro_batch_split, progress)
+
+
+@dataclass
+class Config:
+    out: str = key("runs/demo/rm", "output directory: an HF model dir, or an ensemble dir")
+    model: str = key("runs/demo/sft", "initial model: causal LM dir, .gguf file, hub id, or a reward model")
+    data: str = key("", "a run dir (its feedback.db) or a preference file (rlhfkit/hh/trl/oasst JSONL)")
+    db: str = key("", "feedback store URL or SQLite path (instead of DATA/feedback.db)")
+    format: str = key("auto", "preference file format: auto, rlhfkit, hh, trl, oasst")
+    source: str = key("", "only store rankings from this source: human, simulated, imported, arena")
+    eval_data: str = key("", "held-out rankings, as `data` (default: hold out eval_fraction of the prompts)")
+    eval_fraction: float = key(0.1, "share of prompts held out when eval_data is empty")
+    norm_data: str = key("", "policy samples JSONL {prompt|messages, response} to normalise on "
+                               "(default: the training responses)")
+    loss: str = key("ranking", "ranking, pairwise or plackett_luce")
+    ensemble: int = key(1, "number of members (each its own seed and bootstrap resample of prompts)")
+    bootstrap: bool = key(True, "ensembles: resample the training prompts with replacement per member")
+    skip_all_bad: bool = key(False, "drop rankings marked all_bad (by default their order still trains)")
+    seed: int = key(0, "seed for data order, head init, LoRA init, bootstrap (member m uses seed + m)")
+    max_seq_len: int = key(512, "tokens per prompt+response; longer inputs lose their start")
+    max_steps: int = key(0, "optimizer steps per member (0: use epochs)")
+    epochs: float = key(1.0, "passes over the rankings when max_steps is 0")
+    batch_size: int = key(16, "rankings per optimizer step, summed over all processes")
+    micro_batch_size: int = key(4, "rankings per forward pass (all K responses of each); the rest accumulates")
+    learning_rate: float = key(1e-4, "peak learning rate (AdamW)")
+    min_lr_ratio: float = key(0.1, "the cosine decay ends at this fraction of the peak")
+    warmup_steps: int = key(5, "linear warmup steps")
+    weight_decay: float = key(0.0, "AdamW weight decay on matrices")
+    grad_clip: float = key(1.0, "clip the global gradient norm (0: off)")
+    lora: bool = key(False, "train LoRA adapters + the score head (merged into the saved model)")
+    lora_r: int = key(16, "LoRA rank")
+    lora_alpha: int = key(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = key(0.0, "LoRA dropout")
+    eval_every: int = key(50, "evaluate held-out accuracy every N steps (0: only at the end)")
+    eval_batch_size: int = key(32, "responses per forward pass when scoring")
+    save_every: int = key(100, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = key(2, "checkpoints kept on disk per member")
+    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else the cores)")
+    log_every: int = key(5, "write metrics every N steps")
+
+
+# How a micro-batch's mean loss weighs in the global batch: by pairs for "pairwise" (each pair
+# weighs the same), by rankings otherwise; then micro-batching never changes the gradient.
+UNITS = {"pairwise": lambda k: k * (k - 1) // 2, "ranking": lambda k: 1, "plackett_luce": lambda k: 1}
+
+
+# ------------------------------------------------------------------------------ data
+
+def load_rankings(data: str, db: str = "", fmt: str = "auto", source: str | None = None) -> list[dict]:
+    """Rankings from a run's store or a preference file -> [{"messages", "responses", "tie", "all_bad", "prompt"}]."""
+    from rlhfkit.feedback.formats import read_preferences
+
+    if not data and not db:
+        raise UserError("reward: set `data` to a run dir (with feedback.db) or a preference file")
+    path = Path(data).expanduser() if data else None
+    if db or (path is not None and path.is_dir()):
+        from rlhfkit.feedback.store import FeedbackStore
+
+        if not db and not (path / "feedback.db").is_file():
+            raise UserError(f"{path}: no feedback.db in this run dir (rank some samples first, or pass a file)")
+        with FeedbackStore.for_run(path or ".", db or None) as store:
+            records = store.rankings(source or None)
+        where = db or str(path / "feedback.db")
+    else:
+        records = read_preferences(path, fmt)
+        where = str(path)
+    if not records:
+        raise UserError(f"{where}: no rankings" + (f" from source {source!r}" if source else ""))
+    out = []
+    for r in records:
+        msgs = (r.get("meta") or {}).get("messages") or [{"role": "user", "content": r["prompt"]}]
+        out.append({"prompt": r["prompt"], "messages": msgs, "responses": list(r["responses"]),
+                    "tie": bool(r.get("tie")), "all_bad": bool(r.get("all_bad"))})
+    return out
+
+
+def usable(rankings: list[dict], skip_all_bad: bool = False) -> list[dict]:
+    """Drop ties (no order to learn) and, if asked, all-bad rankings; UserError if none is left."""
+    keep = [r for r in rankings if not r["tie"] and len(r["responses"]) >= 2 and not (skip_all_bad and r["all_bad"])]
+    if not keep:
+        raise UserError(f"none of the {len(rankings)} rankings can train a reward model (all ties"
+                        + (" or all_bad)" if skip_all_bad else ")"))
+    return keep
+
+
+def prompt_key(r: dict) -> str:
+    return json.dumps(r["messages"], sort_keys=True, ensure_ascii=False)
+
+
+def split_by_prompt(rankings: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out `fraction` of the distinct prompts (all their rankings), so eval prompts are unseen."""
+    keys = sorted({prompt_key(r) for r in rankings})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[:int(round(len(keys) * fraction))])
+    return [r for r in rankings if prompt_key(r) not in held], [r for r in rankings if prompt_key(r) in held]
+
+
+def bootstrap(indices_by_prompt: list[list[int]], seed: int) -> list[int]:
+    """Ranking indices of a bootstrap resample of prompts: as many prompts, drawn with replacement."""
+    rng = random.Random(seed)
+    return [i for _ in indices_by_prompt for i in rng.choice(indices_by_prompt)]
+
+
+def read_samples(path: str) -> tuple[list, list[str]]:
+    """Policy samples for normalisation: JSONL {"prompt": str | messages, "messages"?, "response" | "responses"}."""
+    from rlhfkit.files import read_jsonl
+
+    prompts, responses = [], []
+    for i, rec in enumerate(read_jsonl(path), 1):
+        msgs = rec.get("messages") or rec.get("prompt")
+        resp = rec.get("responses", [rec.get("response")])
+        if not msgs or not isinstance(resp, list) or not all(isinstance(x, str) for x in resp):
+            raise UserError(f"{path}:{i}: expected {{\"prompt\" (or \"messages\"), \"response\" (or \"responses\")}}")
+        prompts += [msgs] * len(resp)
+        responses += resp
+    return prompts, responses
+
+
+# ------------------------------------------------------------------------------ model
+
+def build_model(spec: str, pad_id: int):
+    """A one-output AutoModelForSequenceClassification: the causal LM's body plus a new score head,
+    or an existing reward model as it is (to train further)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models import _resolve, load_causal_lm, quiet_transformers
+
+    path, gguf = _resolve(spec)
+    cfg_file = Path(path) / "config.json"
+    archs = json.loads(cfg_file.read_text()).get("architectures") or [] if not gguf and cfg_file.is_file() else []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        quiet_transformers()
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        if model.config.num_labels != 1:
+            raise UserError(f"{spec}: a reward model has one output, this one has {model.config.num_labels}")
+    else:
+        # build from the config and copy the body: works the same for dirs, .gguf and hub ids,
+        # and leaves no GGUF quantizer attached (which would refuse save_pretrained)
+        lm = load_causal_lm(spec)
+        config = lm.config
+        config.architectures, config.num_labels = None, 1
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForSequenceClassification.from_config(config).float()
+        getattr(model, model.base_model_prefix).load_state_dict(getattr(lm, lm.base_model_prefix).state_dict())
+        del lm
+    model.config.pad_token_id = pad_id
+    model.config.use_cache = False
+    return model
+
+
+def add_lora_rm(model, r: int, alpha: int, dropout: float):
+    """LoRA on the projections; the score head trains in full (it starts random) and is saved."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [t for t in targets if t in present] or "all-linear"
+    cfg = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                     bias="none", modules_to_save=["score"])
+    return get_peft_model(model, cfg)
+
+
+def plain_model(model):
+    """The transformers model to save: LoRA merged, the trained score head in place."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+@torch.no_grad()
+def normalise(model, ids: list[list[int]], pad_id: int, batch_size: int) -> dict:
+    """Fold 1/std into the score head; -> reward_norm.json's content (offset = -mean/std, added by the scorer)."""
+    from rlhfkit.rewards.rm import score_ids
+
+    model.eval()
+    raw = score_ids(model, ids, pad_id, batch_size)
+    mean, std = float(raw.mean()), float(raw.std(correction=0))
+    std = std if std > 1e-8 else 1.0  # a constant scorer: shift only
+    model.score.weight.div_(std)
+    return {"mean": mean, "std": std, "offset": -mean / std, "folded": True, "n": len(ids)}
+
+
+# ------------------------------------------------------------------------------ stage
+
+def run(cfg: Config) -> None:
+    from rlhfkit.losses import RM_LOSSES
+    from rlhfkit.models import count_parameters, load_tokenizer, save_model
+    from rlhfkit.rewards.rm import ENSEMBLE_FILE, NORM_FILE, RewardScorer, encode, pad_id_for, score_ids
+    from rlhfkit.stages.eval_reward import evaluate, ranking_metrics, summary
+
+    rank, world = distributed.setup()
+    if cfg.loss not in RM_LOSSES:
+        raise UserError(f"reward: unknown loss {cfg.loss!r} (one of {', '.join(RM_LOSSES)})")
+    if cfg.ensemble < 1:
+        raise UserError(f"reward: ensemble must be >= 1, got {cfg.ensemble}")
+    micro_batch_split(cfg.batch_size, cfg.micro_batch_size, world)
+    out = Path(cfg.out)
+    tokenizer = load_tokenizer(cfg.model)
+    if not tokenizer.chat_template:
+        raise UserError(f"{cfg.model}: the tokenizer has no chat template (the RM renders prompt + response with it)")
+
+    # ---- data: whole rankings, encoded once (each response as its own prompt+response sequence)
+    rankings = usable(load_rankings(cfg.data, cfg.db, cfg.format, cfg.source or None), cfg.skip_all_bad)
+    if cfg.eval_data:
+        train, eval_set = rankings, usable(load_rankings(cfg.eval_data, "", cfg.format, cfg.source or None))
+    else:
+        train, eval_set = split_by_prompt(rankings, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise UserError(f"reward: no training rankings left after holding out eval_fraction={cfg.eval_fraction}")
+
+    def enc(rs: list[dict]) -> list[list[list[int]]]:
+        flat = encode(tokenizer, [r["messages"] for r in rs for _ in r["responses"]],
+                      [t for r in rs for t in r["responses"]], cfg.max_seq_len)
+        it = iter(flat)
+        return [[next(it) for _ in r["responses"]] for r in rs]
+
+    encoded, eval_enc = enc(train), enc(eval_set)
+    if cfg.norm_data:
+        norm_ids = encode(tokenizer, *read_samples(cfg.norm_data), cfg.max_seq_len)
+    else:  # each distinct training (prompt, response) once
+        seen = {(prompt_key(r), t): ids for r, e in zip(train, encoded) for t, ids in zip(r["responses"], e)}
+        norm_ids = list(seen.values())
+    pad_id = pad_id_for(tokenizer, [x for e in encoded + eval_enc for x in e] + norm_ids)
+    if pad_id != tokenizer.pad_token_id:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    tokenizer.model_max_length = cfg.max_seq_len  # the scorer truncates as training did
+    by_prompt: dict[str, list[int]] = {}
+    for i, r in enumerate(train):
+        by_prompt.setdefault(prompt_key(r), []).append(i)
+    groups = list(by_prompt.values())
+
+    loss_fn_named = RM_LOSSES[cfg.loss]
+    unit = UNITS[cfg.loss]
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.toml", "reward")
+        ks = sorted({len(r["responses"]) for r in train})
+        print(f"reward: {len(train)} training rankings (K in {ks}) over {len(groups)} prompts, "
+              f"{len(eval_set)} held out; "
+              f"loss {cfg.loss}, {cfg.ensemble} member(s), {world} process(es)")
+
+    def loss_fn(m, mb):
+        ids = [x for r in mb["rankings"] for x in r]
+        scores = m(**_collated(ids, pad_id)).logits[:, 0].float()
+        loss, metrics = loss_fn_named(scores, mb["lengths"])
+        mb["metrics"] = metrics
+        return loss * mb["weight"]
+
+    @torch.no_grad()
+    def held_out(model) -> dict:
+        model.eval()
+        flat = score_ids(model, [x for e in eval_enc for x in e], pad_id, cfg.eval_batch_size)
+        model.train()
+        m, _ = ranking_metrics(list(flat.split([len(e) for e in eval_enc])))
+        return {k: m[k] for k in ("rm/accuracy", "rm/top1_accuracy", "rm/ece")}
+
+    # ---- members: one after another, each a complete HF model dir with its normalisation
+    member_dirs = [out] if cfg.ensemble == 1 else [out / f"member-{m}" for m in range(cfg.ensemble)]
+    steps_done = 0
+    for m, mdir in enumerate(member_dirs):
+        seed = cfg.seed + m
+        idx = bootstrap(groups, seed) if (cfg.ensemble > 1 and cfg.bootstrap) else list(range(len(train)))
+        data = [encoded[i] for i in idx]
+        max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(data) / cfg.batch_size))
+        torch.manual_seed(seed)  # score head and LoRA init differ per member
+        model = build_model(cfg.model, pad_id)
+        if cfg.lora:
+            model = add_lora_rm(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        model.train()
+        distributed.set_threads(model, cfg.threads)
+        optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+        ckpts = Checkpoints(mdir, cfg.keep_checkpoints)
+        step = 0
+        if (latest := ckpts.latest()) is not None:
+            step = ckpts.load(latest, model, optimizer)["step"]
+        ddp_model = distributed.wrap_ddp(model)
+        if distributed.is_main() and m == 0:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"reward: {count_parameters(model) / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), "
+                  f"{max_steps} steps per member" + (f", resuming at step {step}" if step else ""))
+        log = MetricsLog(mdir, resume_step=step)
+        bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{m}]")
+        timer, train_s = Timer(), 0.0
+        while step < max_steps:
+            lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = [data[i] for i in batch_indices(step, cfg.batch_size, len(data), seed)]
+            total_units = sum(unit(len(r)) for r in batch)
+            per_rank = cfg.batch_size // world
+            local = batch[rank * per_rank:(rank + 1) * per_rank]
+            mbs = []
+            for i in range(0, per_rank, cfg.micro_batch_size):
+                part = local[i:i + cfg.micro_batch_size]
+                mbs.append({"rankings": part, "lengths": [len(r) for r in part],
+                            "weight": sum(unit(len(r)) for r in part) / total_units})
+            loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip or float("inf")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            dt = timer.lap()
+            train_s += dt
+            acc = sum(mb["metrics"]["rm/accuracy"] * mb["weight"] for mb in mbs)  # this rank's share
+            metrics = {"train/loss": loss, "train/accuracy": distributed.all_reduce_sum(acc), "train/lr": lr,
+                       "train/grad_norm": grad_norm, "time/step_s": dt, "time/train_s": train_s,
+                       "time/responses_per_s": sum(len(r) for r in batch) / dt}
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['train/accuracy']:.2f}", refresh=False)
+            periodic = cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps  # the last: below
+            if periodic and eval_enc and distributed.is_main():
+                metrics.update(held_out(model))
+            if step % cfg.log_every == 0 or step == max_steps or "rm/accuracy" in metrics:
+                log.log(step, metrics)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == max_steps:
+                ckpts.save(step, model, optimizer)
+            distributed.barrier()
+            timer.lap()
+        bar.close()
+        steps_done += max_steps
+
+        if distributed.is_main():
+            plain = plain_model(model)
+            norm = normalise(plain, norm_ids, pad_id, cfg.eval_batch_size)
+            save_model(plain, tokenizer, mdir)
+            atomic_write_text(mdir / NORM_FILE, json.dumps(norm, indent=1) + "\n")
+            print(f"reward: member {m} done at step {step}, normalised with mean {norm['mean']:.4f} "
+                  f"std {norm['std']:.4f} over {norm['n']} responses -> {mdir}")
+        del model, ddp_model, optimizer
+        distributed.barrier()
+
+    # ---- the set, then the held-out evaluation of what was saved (as RL will load it)
+    if distributed.is_main():
+        if cfg.ensemble > 1:
+            atomic_write_text(out / ENSEMBLE_FILE, json.dumps({
+                "members": [d.name for d in member_dirs], "seeds": [cfg.seed + m for m in range(cfg.ensemble)],
+                "bootstrap": cfg.bootstrap, "loss": cfg.loss}, indent=1) + "\n")
+        else:  # an earlier ensemble in the same dir would shadow this model in RewardScorer.load
+            (out / ENSEMBLE_FILE).unlink(missing_ok=True)
+        if eval_set:
+            final = evaluate(RewardScorer.load(out), eval_set, out, cfg.eval_batch_size,
+                             title=f"reward model {out} ({len(eval_set)} held-out rankings)",
+                             extra={"model": cfg.model, "data": cfg.data, "eval_data": cfg.eval_data or None})
+            _log_final(out / "metrics.jsonl", max_steps, final)
+            print(f"reward: held-out {summary(final)}")
+        print(f"reward: done -> {out}")
+    distributed.barrier()
+
+
+def _collated(ids: list[list[int]], pad_id: int) -> dict:
+    from rlhfkit.rewards.rm import collate_right
+
+    input_ids, mask = collate_right(ids, pad_id)
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _log_final(path: Path, step: int, metrics: dict) -> None:
+    """Append the final eval line; a rerun replaces the previous one instead of adding a second."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    keep = [ln for ln in lines if ln and not (json.loads(ln).get("step") == step and "rm/pairs" in json.loads(ln))]
+    rounded = {k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep) + json.dumps({"step": step, **rounded}) + "\n")
