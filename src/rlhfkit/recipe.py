@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -100,6 +101,10 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
         if state.get(name) == fp and not table.get("always") and name not in (force or []):
             print(f"\n== {name}: unchanged since it last finished, skipped")
             continue
+        if name in state and "out" in keys:
+            # it finished before (under other settings, or --force): its checkpoints belong to that run,
+            # so start it afresh (an interrupted step has no state entry and resumes instead)
+            shutil.rmtree(Path(keys["out"]) / "checkpoints", ignore_errors=True)
         print(f"\n== {name} ({stage})", flush=True)
         t = time.perf_counter()
         module = importlib.import_module(COMMANDS[stage][0])

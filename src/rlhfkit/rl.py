@@ -90,7 +90,7 @@ class RLConfig:
     lora_r: int = key(16, "LoRA rank")
     lora_alpha: int = key(32, "LoRA alpha")
     lora_dropout: float = key(0.0, "LoRA dropout (non-zero breaks exact resume)")
-    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else all)")
+    threads: int = key(0, "CPU threads per process (0: 1 or all cores, whichever a start-up probe finds faster)")
 
 
 def stream_seed(*parts) -> int:

@@ -11,6 +11,7 @@ are all a checkpoint needs for a resumed run to be bitwise the same as an uninte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -88,9 +89,16 @@ def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> float:
 class Checkpoints:
     """`out/checkpoints/step-N/state.pt`: weights, AdamW state, step, RNG; the last `keep` kept."""
 
-    def __init__(self, out: str | Path, keep: int = 2):
+    # keys that may change between a run and its resume (extend it, log differently, ...)
+    RESUMABLE = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "keep_checkpoints", "threads",
+                 "eval_batches", "eval_max_prompts"}
+
+    def __init__(self, out: str | Path, keep: int = 2, config=None):
         self.dir = Path(out) / "checkpoints"
         self.keep = keep
+        # the config the checkpoints were made with: resuming under another one would
+        # silently mix two runs, so `load` refuses it
+        self.config = {k: v for k, v in dataclasses.asdict(config).items() if k not in self.RESUMABLE} if config else None
 
     def latest(self) -> Path | None:
         done = sorted(self.dir.glob("step-*/state.pt")) if self.dir.is_dir() else []
@@ -105,6 +113,7 @@ class Checkpoints:
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "extra": extra or {},
+            "config": self.config,
         }
         with atomic_dir(self.dir / f"step-{step:07d}") as tmp:
             torch.save(state, tmp / "state.pt")
@@ -119,6 +128,11 @@ class Checkpoints:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated file from a crash mid-copy by hand, say
             raise UserError(f"{path}/state.pt: unreadable checkpoint ({e})") from None
+        saved = state.get("config")
+        if self.config is not None and saved is not None and saved != self.config:
+            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+            raise UserError(f"{path}: checkpoint was made with other settings ({', '.join(diff)}); "
+                            f"use a new `out` or delete {self.dir} to start over")
         missing, unexpected = _base(model).load_state_dict(state["model"], strict=False)
         if unexpected:
             raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")

@@ -106,7 +106,7 @@ def run(cfg: Config | RLOOConfig) -> None:
     optimizer = make_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
     kl_ctl = (KL_CONTROLLERS[cfg.kl_controller](cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.kl_controller == "adaptive" else KL_CONTROLLERS["fixed"](cfg.kl_coef))
-    ckpts = Checkpoints(out, cfg.keep_checkpoints)
+    ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
     step = 0
     if (latest := ckpts.latest()) is not None:
         state = ckpts.load(latest, policy, optimizer)

@@ -135,7 +135,7 @@ def run(cfg: Config) -> None:
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     kl_ctl = (KL_CONTROLLERS["adaptive"](cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.kl_controller == "adaptive" else KL_CONTROLLERS["fixed"](cfg.kl_coef))
-    ckpts = Checkpoints(out, cfg.keep_checkpoints)
+    ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
     step = 0
     if (latest := ckpts.latest()) is not None:
         state = ckpts.load(latest, model, optimizer)

@@ -51,7 +51,7 @@ class Config:
     eval_batches: int = key(4, "micro-batches per evaluation")
     save_every: int = key(100, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = key(2, "checkpoints kept on disk")
-    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else the cores)")
+    threads: int = key(0, "CPU threads per process (0: 1 or all cores, whichever a start-up probe finds faster)")
     log_every: int = key(10, "write metrics every N steps")
 
 
@@ -93,10 +93,10 @@ def run(cfg: Config) -> None:
 
     # ---- model, optimizer, resume
     model = build_model(cfg, tokenizer)
-    distributed.set_threads(model, cfg.threads)
+    threads = distributed.set_threads(model, cfg.threads)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    ckpts = Checkpoints(out, cfg.keep_checkpoints)
+    ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
     step = 0
     if (latest := ckpts.latest()) is not None:
         step = ckpts.load(latest, model, optimizer)["step"]
@@ -105,7 +105,7 @@ def run(cfg: Config) -> None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml", "pretrain")
         print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {train_blocks.numel() / 1e6:.2f}M "
-              f"train tokens, {world} process(es)" + (f", resuming at step {step}" if step else ""))
+              f"train tokens, {world} process(es) x {threads} thread(s)" + (f", resuming at step {step}" if step else ""))
     log = MetricsLog(out, resume_step=step)
 
     def loss_fn(m, mb):

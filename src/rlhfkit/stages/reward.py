@@ -80,7 +80,7 @@ class Config:
     eval_batch_size: int = key(32, "responses per forward pass when scoring")
     save_every: int = key(100, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = key(2, "checkpoints kept on disk per member")
-    threads: int = key(0, "CPU threads per process (0: 1 for models under 20M parameters, else the cores)")
+    threads: int = key(0, "CPU threads per process (0: 1 or all cores, whichever a start-up probe finds faster)")
     log_every: int = key(5, "write metrics every N steps")
 
 
@@ -313,7 +313,7 @@ def run(cfg: Config) -> None:
         model.train()
         distributed.set_threads(model, cfg.threads)
         optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-        ckpts = Checkpoints(mdir, cfg.keep_checkpoints)
+        ckpts = Checkpoints(mdir, cfg.keep_checkpoints, config=cfg)
         step = 0
         if (latest := ckpts.latest()) is not None:
             step = ckpts.load(latest, model, optimizer)["step"]
