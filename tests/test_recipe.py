@@ -1,0 +1,62 @@
+"""The recipe runner: steps in order, unchanged ones skipped, changed ones re-run."""
+
+import pytest
+
+from rlhfkit.files import UserError
+from rlhfkit.recipe import run_recipe
+
+RECIPE = """
+[recipe]
+run = "{run_dir}"
+
+[world]
+args = ["{{run}}/world", "--scale", "0.02"]
+
+[tokenizer]
+files = ["{{run}}/world/corpus.txt"]
+out = "{{run}}/tok"
+vocab_size = {vocab}
+"""
+
+
+def _write(tmp_path, vocab=300):
+    p = tmp_path / "r.toml"
+    p.write_text(RECIPE.format(run_dir=tmp_path / "run", vocab=vocab))
+    return p
+
+
+def test_second_run_skips_and_a_change_reruns_from_there(tmp_path, capsys):
+    run_recipe(_write(tmp_path))
+    first = capsys.readouterr().out
+    assert "== world (world)" in first and "== tokenizer (tokenizer)" in first
+    tok_mtime = (tmp_path / "run" / "tok" / "tokenizer.json").stat().st_mtime_ns
+
+    run_recipe(_write(tmp_path))
+    second = capsys.readouterr().out
+    assert "world: unchanged" in second and "tokenizer: unchanged" in second
+    assert (tmp_path / "run" / "tok" / "tokenizer.json").stat().st_mtime_ns == tok_mtime
+
+    run_recipe(_write(tmp_path, vocab=320))  # only the tokenizer step changed
+    third = capsys.readouterr().out
+    assert "world: unchanged" in third and "== tokenizer (tokenizer)" in third
+
+    run_recipe(_write(tmp_path, vocab=320), sets=["tokenizer.vocab_size=300"])  # --set is a change too
+    assert "== tokenizer (tokenizer)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("body,msg", [
+    ('[recipe]\nrun = "x"\n', "no steps"),
+    ('[recipe]\nrun = "x"\n[a]\nstage = "nope"\n', "unknown stage 'nope'"),
+    ('[recipe]\nrun = "x"\n[tokenizer]\nvocab = 3\n', "unknown key 'vocab'"),
+    ('[a]\nstage = "world"\n', "needs `run"),
+])
+def test_bad_recipes_are_one_line_errors(tmp_path, body, msg):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(UserError, match=msg):
+        run_recipe(p)
+
+
+def test_set_must_name_a_step(tmp_path):
+    with pytest.raises(UserError, match="expected STEP.KEY=VALUE"):
+        run_recipe(_write(tmp_path), sets=["vocab_size=3"])
