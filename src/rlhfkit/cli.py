@@ -53,7 +53,7 @@ def _print_help() -> None:
     print(_USAGE + "\n\ncommands:")
     for name, (module, line) in COMMANDS.items():
         if _available(module):
-            print(f"  {name:<10} {line}")
+            print(f"  {name:<12} {line}")
     print("\nEvery stage writes its resolved config.toml and metrics.jsonl into its `out` directory.")
 
 
