@@ -51,6 +51,8 @@ class RLConfig:
     prompts: str = key("", "prompts JSONL: {'prompt': str} or {'messages': [...]} per line; other fields reach the reward")
     eval_prompts: str = key("", "held-out prompts JSONL for eval/* metrics (empty: no eval)")
     reward: str = key("math", "verifiers joined by + (math, format), rm:PATH, or module:function")
+    gold: str = key("", "a score logged beside the reward, never trained on (rollout/gold_mean, eval/gold_mean): "
+                        "e.g. rlhfkit.rewards.gold:joke, to watch the proxy reward over-optimise")
     format_regex: str = key(DEFAULT_FORMAT_REGEX, "the `format` verifier's regex (re.search)")
     rm_uncertainty_k: float = key(0.0, "rm:PATH reward = ensemble mean - k * std")
     missing_eos_penalty: float = key(0.0, "subtracted from the reward of completions that never end")
@@ -189,6 +191,11 @@ def resolve_reward(spec: str, format_regex: str = DEFAULT_FORMAT_REGEX, rm_uncer
     return Reward(terms)
 
 
+def resolve_gold(spec: str) -> Reward | None:
+    """The `gold` key: a reward spec scored for the plots only (None when empty)."""
+    return resolve_reward(spec) if spec else None
+
+
 # ----------------------------------------------------------------------------- setup
 
 
@@ -308,11 +315,12 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward, cfg: RLConfig,
-            step: int, eos_ids: list[int]) -> Experience:
+            step: int, eos_ids: list[int], gold: Reward | None = None) -> Experience:
     """Sample group_size responses per record, score them and run the no-grad forwards.
 
     `ref` None means the policy with its LoRA adapters disabled; `critic(inputs) -> (n, T)`
-    values or None. Each rank samples and scores its chunks; the results are all-gathered.
+    values or None; `gold` scores the same samples for the metrics only (rollout/gold_mean).
+    Each rank samples and scores its chunks; the results are all-gathered.
     """
     from rlhfkit.generation import generate
 
@@ -338,6 +346,8 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
     exp = Experience([rows[i]["_ids"] for i in local_rows], torch.cat(tokens), torch.cat(mask),
                      torch.cat(finished), None, None, None, None, None, {})
     rewards = reward([rows[i] for i in local_rows], texts)
+    gold_scores = (gold([rows[i] for i in local_rows], texts).sum(1, keepdim=True) if gold is not None
+                   else torch.zeros(len(local_rows), 1))
 
     # no-grad forwards over this rank's rows, in micro-batches
     n = len(local_rows)
@@ -361,7 +371,7 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
     local = {"tokens": exp.tokens, "mask": m, "finished": exp.finished, "rewards": rewards,
              "old": torch.where(m, old_lp, 0.0), "ref": torch.where(m, ref_lp, 0.0),
              "values": torch.where(m, values, 0.0), "ent": torch.where(m, ent, 0.0),
-             "gap": torch.where(m, (torch.cat(samp_lp) - old_lp).abs(), 0.0)}
+             "gap": torch.where(m, (torch.cat(samp_lp) - old_lp).abs(), 0.0), "gold": gold_scores}
     g = {k: gather_rows(v) for k, v in local.items()}
     mask, finished, rewards = g["mask"], g["finished"], g["rewards"]
     total = rewards.sum(1)
@@ -378,6 +388,8 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
         **{f"reward/{n}_mean": float(rewards[:, j].mean()) for j, n in enumerate(reward.names)},
         "_generated_tokens": float(lengths.sum()),
     }
+    if gold is not None:
+        metrics["rollout/gold_mean"] = float(g["gold"].mean())
     return Experience([r["_ids"] for r in rows], g["tokens"], mask, finished, rewards, scores,
                       g["old"], g["ref"], g["values"] if critic is not None else None, metrics)
 
@@ -452,8 +464,11 @@ def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[
 
 @torch.no_grad()
 def evaluate(policy, tokenizer, records: list[dict], reward: Reward, cfg: RLConfig, step: int,
-             eos_ids: list[int], n_samples: int = 3) -> tuple[dict, list[dict]]:
-    """eval/* metrics on `records` (sharded over ranks), and a few samples (the first records')."""
+             eos_ids: list[int], n_samples: int = 3, gold: Reward | None = None) -> tuple[dict, list[dict]]:
+    """eval/* metrics on `records` (sharded over ranks), and a few samples (the first records').
+
+    With `gold`, also eval/gold_mean (and each sample's gold score): for the plots, never trained on.
+    """
     from rlhfkit.generation import generate
 
     rank, world = distributed_rank_world()
@@ -461,7 +476,7 @@ def evaluate(policy, tokenizer, records: list[dict], reward: Reward, cfg: RLConf
     # every call sees the same batch (padding included) on any number of processes
     chunk = max(1, cfg.generation_batch_size or (cfg.prompts_per_step * cfg.group_size) // world)
     starts = list(range(0, len(records), chunk))[rank::world]
-    sums = torch.zeros(len(reward.names) + 2, dtype=torch.float64)  # terms, length, count
+    sums = torch.zeros(len(reward.names) + 3, dtype=torch.float64)  # terms, gold, length, count
     samples = []
     for i in starts:
         recs = records[i:i + chunk]
@@ -471,14 +486,19 @@ def evaluate(policy, tokenizer, records: list[dict], reward: Reward, cfg: RLConf
                      eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id, generator=g, backend=cfg.backend)
         texts = r.texts(tokenizer)
         rew = reward(recs, texts)
-        sums[:-2] += rew.sum(0).double()
+        gold_scores = gold(recs, texts).sum(1) if gold is not None else torch.full((len(recs),), float("nan"))
+        sums[:-3] += rew.sum(0).double()
+        sums[-3] += float(gold_scores.sum()) if gold is not None else 0.0
         sums[-2] += float(r.mask.sum())
         sums[-1] += len(recs)
-        samples += [{"step": step, "prompt": x["prompt"], "response": t, "reward": float(v)}
-                    for x, t, v in zip(recs, texts, rew.sum(1))][: max(0, n_samples - len(samples))]
+        samples += [{"step": step, "prompt": x["prompt"], "response": t, "reward": float(v),
+                     **({"gold": float(gv)} if gold is not None else {})}
+                    for x, t, v, gv in zip(recs, texts, rew.sum(1), gold_scores)][: max(0, n_samples - len(samples))]
     sums = torch.tensor([distributed.all_reduce_sum(float(v)) for v in sums])
     n = max(1.0, float(sums[-1]))
-    metrics = {"eval/reward_mean": float(sums[:-2].sum() / n), "eval/length_mean": float(sums[-2] / n)}
+    metrics = {"eval/reward_mean": float(sums[:-3].sum() / n), "eval/length_mean": float(sums[-2] / n)}
+    if gold is not None:
+        metrics["eval/gold_mean"] = float(sums[-3] / n)
     metrics.update({f"eval/{name}_mean": float(sums[j] / n) for j, name in enumerate(reward.names)})
     if "math" in reward.names:
         metrics["eval/accuracy"] = metrics["eval/math_mean"]

@@ -97,6 +97,7 @@ def run(cfg: Config | RLOOConfig) -> None:
     tokenizer, policy, ref = rl.load_models(cfg)
     eos = eos_token_ids(policy, tokenizer)
     reward = rl.resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
+    gold = rl.resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
     records = rl.load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (rl.load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])
@@ -123,7 +124,7 @@ def run(cfg: Config | RLOOConfig) -> None:
     samples_log = rl.SamplesLog(out, step)
 
     def do_eval(at: int) -> dict:
-        metrics, samples = rl.evaluate(policy, tokenizer, eval_records, reward, cfg, at, eos)
+        metrics, samples = rl.evaluate(policy, tokenizer, eval_records, reward, cfg, at, eos, gold=gold)
         samples_log.log(samples)
         return metrics
 
@@ -149,7 +150,7 @@ def run(cfg: Config | RLOOConfig) -> None:
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
-        exp = rl.collect(policy, ref, None, tokenizer, batch, reward, cfg, step, eos)
+        exp = rl.collect(policy, ref, None, tokenizer, batch, reward, cfg, step, eos, gold)
         rollout_s = timer.lap()
 
         advantages, mb_kl_coef = ALGOS[algo](exp, cfg, kl_ctl.value)

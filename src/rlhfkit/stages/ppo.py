@@ -126,6 +126,7 @@ def run(cfg: Config) -> None:
     model = ActorCritic(policy, load_critic(cfg.value_init, cfg.model, policy.config.vocab_size), cfg.temperature)
     model.critic.train()
     reward = rl.resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
+    gold = rl.resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
     records = rl.load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (rl.load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])
@@ -151,7 +152,7 @@ def run(cfg: Config) -> None:
     samples_log = rl.SamplesLog(out, step)
 
     def do_eval(at: int) -> dict:
-        metrics, samples = rl.evaluate(policy, tokenizer, eval_records, reward, cfg, at, eos)
+        metrics, samples = rl.evaluate(policy, tokenizer, eval_records, reward, cfg, at, eos, gold=gold)
         samples_log.log(samples)
         return metrics
 
@@ -176,7 +177,7 @@ def run(cfg: Config) -> None:
             g["lr"] = lr
         batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
         model.eval()  # no dropout in the no-grad forwards
-        exp = rl.collect(policy, ref, model.values, tokenizer, batch, reward, cfg, step, eos)
+        exp = rl.collect(policy, ref, model.values, tokenizer, batch, reward, cfg, step, eos, gold)
         model.train()
         rollout_s = timer.lap()
 
