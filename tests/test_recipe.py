@@ -60,3 +60,26 @@ def test_bad_recipes_are_one_line_errors(tmp_path, body, msg):
 def test_set_must_name_a_step(tmp_path):
     with pytest.raises(UserError, match="expected STEP.KEY=VALUE"):
         run_recipe(_write(tmp_path), sets=["vocab_size=3"])
+
+
+def test_force_reruns_the_step_and_everything_after_it(tmp_path, capsys):
+    run_recipe(_write(tmp_path))
+    capsys.readouterr()
+    run_recipe(_write(tmp_path), force=["world"])
+    out = capsys.readouterr().out
+    assert "== world (world)" in out and "== tokenizer (tokenizer)" in out  # downstream of a re-run step
+    run_recipe(_write(tmp_path))
+    assert "== " not in capsys.readouterr().out.replace("== world: unchanged", "").replace("== tokenizer: unchanged", "")
+
+
+def test_clean_paths_are_removed_before_a_rerun(tmp_path, capsys):
+    body = RECIPE.format(run_dir=tmp_path / "run", vocab=300) + '\nclean = ["{run}/tok/extra.txt"]\n'
+    p = tmp_path / "r.toml"
+    p.write_text(body)
+    run_recipe(p)
+    extra = tmp_path / "run" / "tok" / "extra.txt"
+    extra.write_text("left by the previous run")
+    run_recipe(p)  # unchanged: skipped, nothing removed
+    assert extra.exists()
+    run_recipe(p, force=["tokenizer"])
+    assert not extra.exists()

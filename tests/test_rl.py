@@ -240,3 +240,20 @@ def test_rloo_runs_with_lora_and_a_base_reference(advantage, tiny_base, rl_data,
 def test_bad_config_is_one_line(extra, msg, tiny_base, rl_data, tmp_path):
     r = cli("grpo", *common(tiny_base, rl_data, tmp_path / "x"), *sets(*extra), check=False)
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_gold_is_logged_beside_the_proxy_and_never_trains(tiny_base, rl_data, tmp_path):
+    from safetensors.torch import load_file
+
+    base = [f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}", "reward=test_rl:letter_share",
+            "max_steps=2", "prompts_per_step=2", "group_size=4", "max_new_tokens=8", "micro_batch_size=8",
+            "eval_every=2", f"eval_prompts={rl_data / 'prompts.jsonl'}", "threads=1"]
+    _run_inprocess(base + [f"out={tmp_path / 'gold'}", "gold=test_rl:letter_share"], "grpo")
+    _run_inprocess(base + [f"out={tmp_path / 'plain'}"], "grpo")
+    g, p = metrics(tmp_path / "gold" / "metrics.jsonl"), metrics(tmp_path / "plain" / "metrics.jsonl")
+    # gold is the same function as the reward here, so on the same samples it reads the same
+    train_rows = [r for r in g if "rollout/reward_mean" in r]
+    assert train_rows and all(r["rollout/gold_mean"] == pytest.approx(r["rollout/reward_mean"]) for r in train_rows)
+    assert any("eval/gold_mean" in r for r in g) and not any("gold" in k for r in p for k in r)
+    a, b = load_file(tmp_path / "gold" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # logging gold changed nothing about training

@@ -15,10 +15,12 @@ replaced by it) and a `description`; every other table is a step, run in file or
     args = ["{run}/sft", "--prompt", "Tell me a joke about pelicans.", "-n", "3"]
     always = true           # run even when unchanged (printing steps)
 
-A step is skipped when its fingerprint — its own table, the fingerprint of the step before it,
-and the size and mtime of every existing file its strings name — equals the one recorded in
-`{run}/recipe-state.json` when it last finished. So editing one step re-runs it and everything
-after it, and nothing before it.
+A step is skipped when its fingerprint — its own table, the stamp of the step before it, and
+the size and mtime of every existing file its strings name — equals the one recorded in
+`{run}/recipe-state.json` when it last finished. Each time a step runs it gets a new stamp, so
+editing a step (or `--force STEP`) re-runs it and everything after it, and nothing before it.
+A step that re-runs after finishing once starts afresh: its `out/checkpoints` and the paths in
+its `clean` list are removed first (`clean = ["{run}/feedback"]` for a step that appends).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from rlhfkit.config import _parse_set, config_from_dict
 from rlhfkit.files import UserError, atomic_write_text
 
-STEP_KEYS = ("stage", "args", "always")
+STEP_KEYS = ("stage", "args", "always", "clean")
 
 
 def _substitute(value: Any, run: str) -> Any:
@@ -88,6 +90,8 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
     state_path = Path(run) / "recipe-state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     print(f"recipe {path.name} -> {run}" + (f": {description}" if description else ""))
+    # `prev` is the stamp of the last step that produces outputs: a fresh random stamp each
+    # time that step runs, so every step after a re-run step re-runs too (even under --force)
     prev, t_all, timings = "", time.perf_counter(), []
     for name, table in steps.items():
         stage = table.get("stage", name)
@@ -95,16 +99,20 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
             raise UserError(f"{path}: step [{name}] names unknown stage '{stage}'")
         table = {k: _substitute(v, run) for k, v in table.items()}
         keys = {k: v for k, v in table.items() if k not in STEP_KEYS}
-        stamps = [s for v in table.values() for s in _file_stamps(v)]
+        stamps = [s for k, v in table.items() if k != "clean" for s in _file_stamps(v)]
         fp = hashlib.sha256(json.dumps([prev, name, table, stamps], sort_keys=True, default=str).encode()).hexdigest()
-        prev = fp
-        if state.get(name) == fp and not table.get("always") and name not in (force or []):
+        done = state.get(name) if isinstance(state.get(name), dict) else {}
+        if done.get("fp") == fp and not table.get("always") and name not in (force or []):
             print(f"\n== {name}: unchanged since it last finished, skipped")
+            prev = done["stamp"]
             continue
-        if name in state and "out" in keys:
-            # it finished before (under other settings, or --force): its checkpoints belong to that run,
-            # so start it afresh (an interrupted step has no state entry and resumes instead)
-            shutil.rmtree(Path(keys["out"]) / "checkpoints", ignore_errors=True)
+        if done:
+            # it finished before (under other settings, or --force): what it wrote belongs to that
+            # run, so it starts afresh (an interrupted step has no state entry and resumes instead)
+            if "out" in keys:
+                shutil.rmtree(Path(keys["out"]) / "checkpoints", ignore_errors=True)
+            for path_ in table.get("clean", []):
+                shutil.rmtree(path_, ignore_errors=True) if Path(path_).is_dir() else Path(path_).unlink(missing_ok=True)
         print(f"\n== {name} ({stage})", flush=True)
         t = time.perf_counter()
         module = importlib.import_module(COMMANDS[stage][0])
@@ -119,7 +127,10 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
         else:
             module.run(config_from_dict(module.Config, keys, f"{path} [{name}]", stage=stage))
         timings.append((name, time.perf_counter() - t))
-        state[name] = fp
+        if table.get("always"):
+            continue  # a printing step: nothing downstream depends on it
+        prev = hashlib.sha256(f"{fp}:{time.time_ns()}".encode()).hexdigest()
+        state[name] = {"fp": fp, "stamp": prev}
         Path(run).mkdir(parents=True, exist_ok=True)
         atomic_write_text(state_path, json.dumps(state, indent=1))
     total = time.perf_counter() - t_all

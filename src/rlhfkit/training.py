@@ -112,6 +112,7 @@ class Checkpoints:
             "model": {k: v.detach().clone() for k, v in _trainable_state(model).items()},
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(),
+            "threads": torch.get_num_threads(),
             "extra": extra or {},
             "config": self.config,
         }
@@ -138,6 +139,10 @@ class Checkpoints:
             raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if "threads" in state:
+            # matmul sums split differently over 1 or 2 threads; the run continues bitwise
+            # only on the thread count it started with, whatever a new probe would pick
+            torch.set_num_threads(state["threads"])
         return state
 
 

@@ -93,7 +93,7 @@ def run(cfg: Config) -> None:
 
     # ---- model, optimizer, resume
     model = build_model(cfg, tokenizer)
-    threads = distributed.set_threads(model, cfg.threads)
+    distributed.set_threads(model, cfg.threads)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
@@ -105,7 +105,7 @@ def run(cfg: Config) -> None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml", "pretrain")
         print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {train_blocks.numel() / 1e6:.2f}M "
-              f"train tokens, {world} process(es) x {threads} thread(s)" + (f", resuming at step {step}" if step else ""))
+              f"train tokens, {world} process(es) x {torch.get_num_threads()} thread(s)" + (f", resuming at step {step}" if step else ""))
     log = MetricsLog(out, resume_step=step)
 
     def loss_fn(m, mb):

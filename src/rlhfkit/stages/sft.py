@@ -108,7 +108,7 @@ def run(cfg: Config) -> None:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    threads = distributed.set_threads(model, cfg.threads)
+    distributed.set_threads(model, cfg.threads)
     ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
     step = 0
     if (latest := ckpts.latest()) is not None:
@@ -119,7 +119,7 @@ def run(cfg: Config) -> None:
         save_config(cfg, out / "config.toml", "sft")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), "
-              f"{len(encoded)} conversations, {max_steps} steps, {world} process(es) x {threads} thread(s)"
+              f"{len(encoded)} conversations, {max_steps} steps, {world} process(es) x {torch.get_num_threads()} thread(s)"
               + (f", resuming at step {step}" if step else ""))
     log = MetricsLog(out, resume_step=step)
     pad = tokenizer.pad_token_id
