@@ -83,3 +83,18 @@ def test_clean_paths_are_removed_before_a_rerun(tmp_path, capsys):
     assert extra.exists()
     run_recipe(p, force=["tokenizer"])
     assert not extra.exists()
+
+
+def test_the_packaged_demo_runs_end_to_end_at_toy_size(tmp_path):
+    # the real demo recipe, every step, shrunk: `make demo` must not break unnoticed
+    from conftest import rlhfkit
+
+    shrink = ['world.args=["{run}/world", "--scale", "0.1"]', "pretrain.max_steps=4", "sft.max_steps=3",
+              "reward.epochs=1", "ppo.max_steps=2", "grpo.max_steps=2",
+              "feedback.args=" + '["fill", "--set", "out={run}/feedback", "--set", "model={run}/sft", '
+              '"--set", "prompts={run}/world/prompts_jokes.jsonl", "--set", "max_prompts=24", "--set", "k=4", '
+              '"--set", "max_new_tokens=16"]']
+    r = rlhfkit("demo", "--run", str(tmp_path / "demo"), *[x for s in shrink for x in ("--set", s)], timeout=600)
+    assert "recipe done" in r.stdout
+    for d in ("base", "sft", "rm", "ppo", "grpo"):
+        assert (tmp_path / "demo" / d / "config.json").is_file(), d
