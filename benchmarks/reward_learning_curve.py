@@ -85,7 +85,7 @@ def base_models(work: Path, steps: int) -> dict[str, Path]:
         pretrain.run(load_config(pretrain.Config, sets=[f"data={world}/corpus.txt", f"tokenizer={tok}", f"out={pre}",
                                                         f"max_steps={steps}", "batch_size=16", "micro_batch_size=16",
                                                         "learning_rate=3e-3", "warmup_steps=20", "eval_every=0",
-                                                        "save_every=0", "log_every=20", *arch]))
+                                                        "save_every=0", "log_every=20", *arch, *THREADS]))
         print(f"pretrain: {steps} steps in {time.time() - t:.0f} s")
     out["pretrained"] = pre
     rnd = work / "base-random"
@@ -99,6 +99,9 @@ def base_models(work: Path, steps: int) -> dict[str, Path]:
     return out
 
 
+THREADS: list[str] = []  # --threads as a stage key, set in main()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/rm-curve")
@@ -109,14 +112,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    # every stage's distributed.setup() sets the thread count to the core count; on a machine
-    # shared with other jobs, OpenMP threads then spin against them: keep --threads
-    torch.set_num_threads(a.threads)
-    torch.set_num_threads = lambda n: None
+    # a fixed thread count for every stage (the `threads` key): comparable timings on a shared machine
+    THREADS[:] = [f"threads={a.threads}"]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bases = base_models(work, a.pretrain_steps)
-    world = work / "world"
     # the world's prompt makers (as in prompts_jokes*.jsonl, but as many as needed)
     train_prompts = joke_prompts(random.Random("train"), max(a.sizes), JOKE_ASKS)
     eval_prompts = joke_prompts(random.Random("eval"), a.heldout, JOKE_ASKS_EVAL, p_held_out=1 / 3)
@@ -144,7 +144,7 @@ def main() -> None:
             reward.run(load_config(reward.Config, sets=[
                 f"model={bases[init]}", f"data={data}", f"eval_data={work / 'heldout.jsonl'}", f"out={out}",
                 f"epochs={a.epochs}", "batch_size=16", "micro_batch_size=8", "learning_rate=1e-3", "warmup_steps=10",
-                "max_seq_len=128", "eval_every=0", "save_every=0", "log_every=10"]))
+                "max_seq_len=128", "eval_every=0", "save_every=0", "log_every=10", *THREADS]))
             secs = time.time() - t
             m = json.loads((out / "eval.json").read_text())["metrics"]
             mean, _ = RewardScorer.load(out).score(gp + gp, ga + gb)

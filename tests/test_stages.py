@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_PRETRAIN, metrics, rlhfkit
+from conftest import metrics, rlhfkit
 
 
 def test_help_is_fast_and_lists_stages():

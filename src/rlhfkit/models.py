@@ -140,14 +140,19 @@ def count_parameters(model) -> int:
     return n
 
 
-def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules=None):
-    """Wrap with a peft LoRA adapter on the attention and MLP projections."""
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules=None,
+             task_type: str | None = None, modules_to_save: list[str] | None = None):
+    """Wrap with a peft LoRA adapter on the attention and MLP projections.
+
+    `modules_to_save` train in full beside the adapters (a reward model's fresh score head).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     present = {name.split(".")[-1] for name, _ in model.named_modules()}
     targets = [t for t in targets if t in present] or "all-linear"
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                     task_type=task_type, modules_to_save=modules_to_save)
     return get_peft_model(model, cfg)
 
 

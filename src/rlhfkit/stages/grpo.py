@@ -26,7 +26,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
 
-import torch
 
 from rlhfkit import distributed, rl
 from rlhfkit.advantages import ADVANTAGES, KL_CONTROLLERS, kl_penalized_rewards

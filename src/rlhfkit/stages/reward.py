@@ -194,18 +194,6 @@ def build_model(spec: str, pad_id: int):
     return model
 
 
-def add_lora_rm(model, r: int, alpha: int, dropout: float):
-    """LoRA on the projections; the score head trains in full (it starts random) and is saved."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    present = {name.split(".")[-1] for name, _ in model.named_modules()}
-    targets = [t for t in targets if t in present] or "all-linear"
-    cfg = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                     bias="none", modules_to_save=["score"])
-    return get_peft_model(model, cfg)
-
-
 def plain_model(model):
     """The transformers model to save: LoRA merged, the trained score head in place."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
@@ -228,7 +216,7 @@ def normalise(model, ids: list[list[int]], pad_id: int, batch_size: int) -> dict
 
 def run(cfg: Config) -> None:
     from rlhfkit.losses import RM_LOSSES
-    from rlhfkit.models import count_parameters, load_tokenizer, save_model
+    from rlhfkit.models import add_lora, count_parameters, load_tokenizer, save_model
     from rlhfkit.rewards.rm import ENSEMBLE_FILE, NORM_FILE, RewardScorer, encode, pad_id_for, score_ids
     from rlhfkit.stages.eval_reward import evaluate, ranking_metrics, summary
 
@@ -309,7 +297,8 @@ def run(cfg: Config) -> None:
         torch.manual_seed(seed)  # score head and LoRA init differ per member
         model = build_model(cfg.model, pad_id)
         if cfg.lora:
-            model = add_lora_rm(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, task_type="SEQ_CLS",
+                             modules_to_save=["score"])  # the fresh score head trains in full
         model.train()
         distributed.set_threads(model, cfg.threads)
         optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
