@@ -257,3 +257,57 @@ def test_gold_is_logged_beside_the_proxy_and_never_trains(tiny_base, rl_data, tm
     assert any("eval/gold_mean" in r for r in g) and not any("gold" in k for r in p for k in r)
     a, b = load_file(tmp_path / "gold" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # logging gold changed nothing about training
+
+
+def _shared_prompt_experience():
+    from rlhfkit import rl
+
+    # 2 distinct prompts (lengths 4 and 2, so the second is left-padded) x 3 samples each;
+    # responses of 7, 4 and 2 tokens (right-padded), in an order that interleaves the groups
+    pids = [[5, 6, 7, 8], [9, 10], [5, 6, 7, 8], [9, 10], [5, 6, 7, 8], [9, 10]]
+    tokens = torch.randint(4, 300, (6, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(6, 7, dtype=torch.bool)
+    mask[1, 4:] = mask[4, 2:] = False
+    return rl.Experience(pids, tokens.masked_fill(~mask, 0), mask, None, None, None, None, None, None, {})
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_forward_equals_the_plain_forward(lora):
+    # the prompt runs once per distinct prompt (2 forwards instead of 6) and its KV cache is
+    # indexed out to the rows: logits and gradients must equal the plain full-batch forward
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit import rl
+    from rlhfkit.models import add_lora, tiny_llama_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+    if lora:
+        model = add_lora(model, 4, 8)
+    inp = _shared_prompt_experience().inputs(range(6))
+    m = inp["mask"][..., None]
+    grads = []
+    for fn in (rl.response_logits, rl._plain_response_logits):
+        model.zero_grad()
+        logits = fn(model, inp, 0.7)
+        (logits * m).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        if fn is rl.response_logits:
+            shared = logits.detach()
+    assert shared.shape == (6, 7, 300)  # (rows, longest response, vocab)
+    assert torch.allclose(shared * m, logits.detach() * m, atol=1e-5)  # ~4e-7 seen: fp32 rounding
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-4) for a, b in zip(*grads))
+
+
+def test_grpo_single_update_skips_the_old_forward_and_still_logs_entropy(tiny_base, rl_data, tmp_path):
+    # one optimizer step per rollout: the rollout skips the policy's no-grad forward, the loss
+    # uses its own detached logprobs (ratio exactly 1, so nothing clips), and entropy and the
+    # sampler/trainer gap are logged from the training forward instead
+    out = tmp_path / "single"
+    _run_inprocess([f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}", f"out={out}",
+                    "reward=test_rl:letter_share", "max_steps=2", "prompts_per_step=2", "group_size=4",
+                    "max_new_tokens=8", "micro_batch_size=4", "learning_rate=1e-3", "eval_every=0"], "grpo")
+    for row in metrics(out / "metrics.jsonl"):
+        assert row["grpo/clipfrac"] == 0.0 and abs(row["grpo/approx_kl"]) < 1e-6  # ratio == 1
+        assert row["policy/entropy"] > 0.1  # a tiny random model is far from deterministic
+        assert row["rollout/logprob_gap"] < 1e-4  # sampler vs training forward (~1e-7 typical)

@@ -130,17 +130,22 @@ def run(cfg: Config | RLOOConfig) -> None:
     if step == 0 and eval_records:
         log.log(0, do_eval(0))
 
+    # one optimizer step per rollout: GRPO's ratio is then exactly 1 at that step, so the
+    # rollout skips the policy's no-grad forward and the loss takes its own detached logprobs
+    # (RLOO needs the rollout's logprobs earlier, for the KL in its reward)
+    single_update = algo == "grpo" and cfg.ppo_epochs == 1 and cfg.num_minibatches == 1
+
     def loss_fn(m, mb):
-        logprobs = rl.response_logprobs(m, mb, cfg.temperature)
-        loss, met = grpo_policy_loss(logprobs, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["mask"],
+        logprobs, old, extra = rl.own_logprobs(m, mb, cfg.temperature)
+        loss, met = grpo_policy_loss(logprobs, old, mb["ref_logprobs"], mb["advantages"], mb["mask"],
                                      clip=cfg.clip, kl_coef=mb_kl_coef, reduction=cfg.loss_reduction,
                                      clip_high=cfg.clip_high or None, max_len=cfg.max_new_tokens)
         # the reduction is a mean over this micro-batch: weight it by the micro-batch's share
         # of the global minibatch (its rows, or its tokens for the token mean)
         share = (mb["mask"].sum() / mb["tokens_total"] if cfg.loss_reduction == "token"
                  else mb["mask"].shape[0] / mb["rows_total"])
-        return loss * share, {f"{algo}/{k.split('/', 1)[1]}": v * float(share) if k.endswith("loss") else v
-                              for k, v in met.items()}
+        return loss * share, {**{f"{algo}/{k.split('/', 1)[1]}": v * float(share) if k.endswith("loss") else v
+                                 for k, v in met.items()}, **extra}
 
     bar = progress(cfg.max_steps, step, algo)
     while step < cfg.max_steps:
@@ -149,7 +154,8 @@ def run(cfg: Config | RLOOConfig) -> None:
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
-        exp = rl.collect(policy, ref, None, tokenizer, batch, reward, cfg, step, eos, gold)
+        exp = rl.collect(policy, ref, None, tokenizer, batch, reward, cfg, step, eos, gold,
+                         old_logprobs=not single_update)
         rollout_s = timer.lap()
 
         advantages, mb_kl_coef = ALGOS[algo](exp, cfg, kl_ctl.value)

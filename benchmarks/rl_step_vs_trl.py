@@ -1,0 +1,171 @@
+"""One GRPO step, TRL's GRPOTrainer vs `rlhfkit grpo`, same model, same work, one after the other.
+
+    python benchmarks/rl_step_vs_trl.py --steps 6 --out rl_step_vs_trl.json
+    python benchmarks/rl_step_vs_trl.py --only rlhfkit --steps 4      # one side only
+
+The setting (the performance issue's): SmolLM2-135M-Instruct (`rlhfkit models pull`; a random
+model of the same shape where the pull is unavailable), 2 prompts x 8 samples per step, at most
+48 new tokens, temperature 1.0, KL coefficient 0.04 (so both keep a reference model), learning
+rate 1e-6, full fine-tuning in fp32 on the CPU, one optimizer step per rollout, all 16 rows in
+one forward (TRL per_device_train_batch_size 16; rlhfkit micro_batch_size 16), the same reward
+function (below) and the same threads (all cores). TRL runs with gradient_checkpointing off
+(its default is on, which recomputes the forward; `--trl-gradient-checkpointing` for that) and
+loss_type "grpo" (rlhfkit's default sequence mean; TRL's default is "dapo").
+
+Each side runs in its own process (peak resident memory from wait4); a step's time is the wall
+time from the start of its rollout to the end of its optimizer step (TRL: on_step_begin ->
+on_step_end callbacks; rlhfkit: metrics.jsonl time/step_s). The median of steps 2..N is
+reported, as step 1 pays one-time warm-up costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import median, run_worker, smollm2_or_random, table  # noqa: E402
+
+PROMPTS = ["What is 23 + 45? Answer with the number only.",
+           "Tell me a short joke about pelicans."]
+SETTING = dict(prompts_per_step=2, group_size=8, max_new_tokens=48, temperature=1.0, kl_coef=0.04,
+               learning_rate=1e-6)
+
+
+def score(prompt: str, completion: str) -> float:
+    """The shared reward: 1 for the right sum, else a mild preference for short answers (so the
+    two prompts both give the groups a spread of rewards, and the advantages are non-zero)."""
+    m = re.search(r"(\d+) \+ (\d+)", prompt)
+    if m:
+        return float(str(int(m[1]) + int(m[2])) in completion)
+    return max(0.0, 1.0 - len(completion) / 200)
+
+
+def rlhfkit_reward(prompt: str, response: str) -> float:  # rlhfkit's `module:function` per example
+    return score(prompt, response)
+
+
+def trl_reward(prompts, completions, **_) -> list[float]:  # TRL's reward_funcs signature
+    return [score(p[-1]["content"], c[0]["content"]) for p, c in zip(prompts, completions)]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_trl(model: str, steps: int, threads: int, grad_ckpt: bool, work: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.set_num_threads(threads)
+    times, t0 = [], [0.0]
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            t0[0] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - t0[0])
+            print(f"trl step {len(times)}: {times[-1]:.2f} s", flush=True)
+
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS] * (8 * steps))
+    n = SETTING["prompts_per_step"] * SETTING["group_size"]
+    args = GRPOConfig(
+        output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=n,
+        gradient_accumulation_steps=1, num_generations=SETTING["group_size"],
+        max_completion_length=SETTING["max_new_tokens"], temperature=SETTING["temperature"],
+        beta=SETTING["kl_coef"], learning_rate=SETTING["learning_rate"], lr_scheduler_type="constant",
+        loss_type="grpo", use_cpu=True, bf16=False, gradient_checkpointing=grad_ckpt, logging_steps=1,
+        report_to="none", save_strategy="no", seed=0, shuffle_dataset=False, disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    trainer = GRPOTrainer(model=policy, reward_funcs=trl_reward, args=args, train_dataset=ds,
+                          processing_class=tok, callbacks=[StepTimer()])
+    trainer.train()
+    return {"step_s": times}
+
+
+def worker_rlhfkit(model: str, steps: int, threads: int, work: Path) -> dict:
+    from rlhfkit.cli import main
+
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = work / "rlhfkit"
+    sets = {"model": model, "prompts": str(prompts), "out": str(out), "reward": "rl_step_vs_trl:rlhfkit_reward",
+            "max_steps": steps, "micro_batch_size": 16, "threads": threads, "loss_reduction": "sequence",
+            "eval_every": 0, "seed": 0, **SETTING}
+    argv = ["grpo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    if main(argv):
+        raise SystemExit("rlhfkit grpo failed")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step_s" in r]
+    return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
+            "train_s": [r["time/train_s"] for r in rows]}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    import os
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="steps per framework (median over 2..N)")
+    p.add_argument("--model", default="", help="model dir (default: SmolLM2-135M-Instruct, else random)")
+    p.add_argument("--only", choices=["trl", "rlhfkit"], help="run one side only")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
+    p.add_argument("--work", default="", help="scratch dir (default: a temporary one)")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--worker", choices=["trl", "rlhfkit"], help=argparse.SUPPRESS)
+    p.add_argument("--result", default="", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.steps < 2:
+        p.error("--steps must be >= 2 (step 1 is warm-up)")
+
+    if a.worker:  # inside a child process
+        work = Path(a.work)
+        res = (worker_trl(a.model, a.steps, a.threads, a.trl_gradient_checkpointing, work) if a.worker == "trl"
+               else worker_rlhfkit(a.model, a.steps, a.threads, work))
+        Path(a.result).write_text(json.dumps(res))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(a.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        model, what = smollm2_or_random(work, a.model)
+        print(f"model: {what}; {SETTING}; threads {a.threads}", flush=True)
+        results = {}
+        for side in [a.only] if a.only else ["trl", "rlhfkit"]:
+            args = ["--worker", side, "--model", model, "--steps", str(a.steps), "--threads", str(a.threads),
+                    "--work", str(work)] + (["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else [])
+            r = run_worker(__file__, args, work / f"{side}.json", env={"PYTHONPATH": str(Path(__file__).parent)})
+            r["median_step_s"] = median(r["step_s"][1:])
+            results[side] = r
+
+    rows = [[side, r["median_step_s"], min(r["step_s"][1:]), max(r["step_s"][1:]), r["peak_rss_mb"]]
+            for side, r in results.items()]
+    print()
+    print(table(rows, ["framework", "median step s", "min", "max", "peak RSS MB"]))
+    if "rlhfkit" in results and "rollout_s" in results["rlhfkit"]:
+        r = results["rlhfkit"]
+        print(f"rlhfkit split (median of steps 2..N): rollout {median(r['rollout_s'][1:]):.2f} s, "
+              f"train {median(r['train_s'][1:]):.2f} s")
+    summary = {"model": what, "setting": SETTING, "threads": a.threads, "steps": a.steps,
+               "trl_gradient_checkpointing": a.trl_gradient_checkpointing, "results": results,
+               "date": time.strftime("%Y-%m-%d")}
+    if len(results) == 2:
+        summary["speedup"] = results["trl"]["median_step_s"] / results["rlhfkit"]["median_step_s"]
+        print(f"rlhfkit is {summary['speedup']:.2f}x faster per step than TRL (target: >= 3x)")
+    if a.out:
+        Path(a.out).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
