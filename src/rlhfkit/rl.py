@@ -472,7 +472,7 @@ def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[
     the *global* minibatch (mb["rows_total"], mb["tokens_total"]) so that accumulation over
     micro-batches and DDP's average over ranks give the minibatch's loss exactly.
     """
-    from rlhfkit.training import backward_micro_batches
+    from rlhfkit.training import backward_micro_batches, clip_grad_norm
 
     rank, world = distributed_rank_world()
     B = exp.tokens.shape[0]
@@ -501,7 +501,7 @@ def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[
                 mb_metrics.append(met)
                 return loss
             loss = distributed.all_reduce_sum(backward_micro_batches(train_model, mbs, fn, world))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+            grad_norm = clip_grad_norm(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             for met in mb_metrics:

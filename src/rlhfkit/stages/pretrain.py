@@ -20,7 +20,7 @@ from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              make_optimizer, micro_batch_split, progress)
+                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def run(cfg: Config) -> None:
         local = train_blocks[idx[rank * per_rank:(rank + 1) * per_rank]]
         loss = backward_micro_batches(ddp_model, local.split(cfg.micro_batch_size), loss_fn, world)
         loss = distributed.all_reduce_sum(loss)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+        grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

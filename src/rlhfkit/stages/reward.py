@@ -42,7 +42,7 @@ from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              make_optimizer, micro_batch_split, progress)
+                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
 
 
 @dataclass
@@ -328,8 +328,7 @@ def run(cfg: Config) -> None:
                 mbs.append({"rankings": part, "lengths": [len(r) for r in part],
                             "weight": sum(unit(len(r)) for r in part) / total_units})
             loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip or float("inf")))
+            grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -22,7 +22,7 @@ from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              make_optimizer, micro_batch_split, progress)
+                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
 
 
 @dataclass
@@ -156,8 +156,7 @@ def run(cfg: Config) -> None:
         mbs = [{**collate(mb, pad), "normalizer": n_targets}
                for mb in length_bucketed(local, cfg.micro_batch_size * cfg.max_seq_len)]
         loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], cfg.grad_clip or float("inf")))
+        grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
