@@ -94,3 +94,35 @@ print(out.shape[1] > ids.shape[1])
 def test_chat_in_a_terminal(tiny_base):
     r = rlhfkit("chat", str(tiny_base), "--max-new-tokens", "5", input="hello\n/reset\nagain\n/quit\n")
     assert r.stdout.count("bot> ") == 2
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_sft_head_on_targets_only_equals_the_full_loss(lora):
+    # SFT runs the LM head on target positions only (TargetLM); loss and gradients must equal
+    # the full-logits lm_loss. 2 right-padded rows of 9 and 6 tokens, targets: 3 + 2 tokens
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.losses import lm_loss
+    from rlhfkit.models import add_lora, tiny_llama_config
+    from rlhfkit.stages.sft import TargetLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+    model = add_lora(model, 4, 8) if lora else model
+    ids = torch.randint(4, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones(2, 9, dtype=torch.bool)
+    attn[1, 6:] = False
+    loss_mask = torch.zeros(2, 9, dtype=torch.bool)
+    loss_mask[0, 5:8] = loss_mask[1, 3:5] = True
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    assert TargetLM.supports(model)
+    logits, targets = TargetLM(model)(ids, attn, loss_mask)
+    assert logits.shape == (5, 300) and targets.tolist() == ids[0, 5:8].tolist() + ids[1, 3:5].tolist()
+    fast = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / 5.0
+    g_fast = torch.autograd.grad(fast, params)
+    full = lm_loss(model(input_ids=ids, attention_mask=attn).logits, ids, loss_mask, normalizer=5.0)[0]
+    g_full = torch.autograd.grad(full, params)
+    assert abs(float(fast) - float(full)) < 1e-6 * float(full)
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-4) for a, b in zip(g_fast, g_full))
