@@ -111,7 +111,7 @@ def run(cfg: Config) -> None:
     def loss_fn(m, mb):
         # every token of a packed block is a target, so the global normaliser is simply
         # (sequences in the global batch) x (block_size - 1) predictions each
-        logits = m(input_ids=mb).logits
+        logits = m(input_ids=mb, use_cache=False).logits
         return lm_loss(logits, mb, torch.ones_like(mb, dtype=torch.bool), normalizer=cfg.batch_size * (cfg.block_size - 1))[0]
 
     @torch.no_grad()
@@ -119,7 +119,7 @@ def run(cfg: Config) -> None:
         model.eval()
         mbs = eval_blocks.split(cfg.micro_batch_size)[: cfg.eval_batches]
         mine = mbs[rank::world]  # each rank a share, then sum
-        s = sum(float(lm_loss(model(input_ids=mb).logits, mb, torch.ones_like(mb, dtype=torch.bool))[0]) * len(mb) for mb in mine)
+        s = sum(float(lm_loss(model(input_ids=mb, use_cache=False).logits, mb, torch.ones_like(mb, dtype=torch.bool))[0]) * len(mb) for mb in mine)
         n = sum(len(mb) for mb in mine)
         model.train()
         return distributed.all_reduce_sum(s) / max(1.0, distributed.all_reduce_sum(n))

@@ -99,7 +99,7 @@ class TargetLM(torch.nn.Module):
         return type(base).__name__ in PLAIN_HEAD
 
     def forward(self, input_ids, attention_mask, loss_mask):
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         keep = loss_mask[:, 1:]  # position t predicts token t+1
         return self.head(hidden[:, :-1][keep]).float(), input_ids[:, 1:][keep]
 
@@ -160,7 +160,7 @@ def run(cfg: Config) -> None:
         if target_lm is not None:  # the LM head on target positions only: a sum over them / normalizer
             logits, targets = m(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
             return torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / mb["normalizer"]
-        logits = m(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+        logits = m(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
         return lm_loss(logits, mb["input_ids"], mb["loss_mask"], normalizer=mb["normalizer"])[0]
 
     @torch.no_grad()
@@ -170,7 +170,7 @@ def run(cfg: Config) -> None:
         s = n = 0.0
         for i in range(0, len(mine), cfg.micro_batch_size):
             b = collate(mine[i:i + cfg.micro_batch_size], pad)
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
             s += float(lm_loss(logits, b["input_ids"], b["loss_mask"], normalizer=1.0)[0])  # a sum
             n += float(b["loss_mask"][:, 1:].sum())
         model.train()
