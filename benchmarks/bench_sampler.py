@@ -2,11 +2,14 @@
 
     python benchmarks/bench_sampler.py --out bench_sampler.json
     python benchmarks/bench_sampler.py --models demo-3m --batches 1 8 --new-tokens 32
+    python benchmarks/bench_sampler.py --models smollm2-135m --batches 16 64 --group 8   # RL groups
 
 Random-weight models of two shapes (no download): SmolLM2-135M's LlamaConfig and a ~3M
 parameter demo-sized Llama. Prompts are ~32 random tokens, no eos (every row runs the full
-`--new-tokens`), sampling at temperature 1. tokens/s = batch x new tokens / wall time of one
-`generate` call (prefill included), best of `--repeat` runs after a warm-up.
+`--new-tokens`), sampling at temperature 1. `--group N` repeats each prompt N times (batch / N
+distinct prompts), as GRPO's groups do; the sampler then prefills each distinct prompt once.
+tokens/s = batch x new tokens / wall time of one `generate` call (prefill included), best of
+`--repeat` runs after a warm-up.
 Roofline: a decoded token costs ~2 x params FLOPs, so the peak is `--peak-gflops` / (2 params).
 On a shared machine wall time measures the neighbours too: tok/cpu-s (tokens per CPU-second
 of this process) and cpu-roof (that, against one core's share of the peak) show what a quiet
@@ -58,6 +61,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--group", type=int, default=1, help="copies of each prompt in a batch (RL groups)")
     p.add_argument("--backends", nargs="+", default=["torch", "hf"])
     p.add_argument("--peak-gflops", type=float, default=166.0, help="fp32 peak of this machine")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
@@ -73,7 +77,8 @@ def main() -> None:
     n_cores = os.cpu_count() or 1  # the peak is for all of them
     load = os.getloadavg()[0]  # other processes on the machine skew every wall-clock figure
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f}; "
-          f"{args.new_tokens} new tokens, prompts ~{args.prompt_len} tokens, temperature 1")
+          f"{args.new_tokens} new tokens, prompts ~{args.prompt_len} tokens, temperature 1"
+          + (f", groups of {args.group} copies" if args.group > 1 else ""))
     print(f"{'model':<14}{'params':>8}{'batch':>6}  {'backend':<7}{'tok/s':>9}{'vs hf':>7}{'roofline':>10}{'mfu':>7}{'tok/cpu-s':>11}{'cpu-roof':>9}")
     for name in args.models:
         torch.manual_seed(0)
@@ -84,8 +89,10 @@ def main() -> None:
         for B in args.batches:
             g = torch.Generator().manual_seed(B)
             # lengths vary a little around prompt_len, so left padding is exercised
-            lens = torch.randint(args.prompt_len - 4, args.prompt_len + 1, (B,), generator=g).tolist()
-            prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
+            n_distinct = -(-B // args.group)  # the last group is short when group does not divide B
+            lens = torch.randint(args.prompt_len - 4, args.prompt_len + 1, (n_distinct,), generator=g).tolist()
+            distinct = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
+            prompts = [p for p in distinct for _ in range(args.group)][:B]
             tps, row_mfu, cpu_tps = {}, {}, {}
             for backend in args.backends:
                 def run(n=args.new_tokens):
@@ -96,15 +103,18 @@ def main() -> None:
                 dt, cpu = timed(run, args.repeat)
                 tps[backend] = B * args.new_tokens / dt
                 cpu_tps[backend] = B * args.new_tokens / cpu
-                row = dict(model=name, params=n_params, batch=B, backend=backend, new_tokens=args.new_tokens,
+                row = dict(model=name, params=n_params, batch=B, group=args.group, backend=backend,
+                           new_tokens=args.new_tokens,
                            seconds=dt, cpu_seconds=cpu, tokens_per_s=tps[backend],
                            tokens_per_cpu_s=cpu_tps[backend],
                            # per CPU-second against one core's share of the peak: the efficiency
                            # a quiet machine would show (meaningful with --threads 1)
                            cpu_roofline_fraction=cpu_tps[backend] / (peak_tps / n_cores), roofline_tokens_per_s=peak_tps,
                            roofline_fraction=tps[backend] / peak_tps,
-                           # model FLOPs utilisation counting the prompt tokens' prefill too
-                           mfu=2 * n_params * (sum(lens) + B * args.new_tokens) / dt / (args.peak_gflops * 1e9))
+                           # model FLOPs utilisation counting the prompt tokens' prefill too (each
+                           # distinct prompt once: the copies of a group need no prefill of their own)
+                           mfu=2 * n_params * (sum(map(len, distinct)) + B * args.new_tokens) / dt
+                           / (args.peak_gflops * 1e9))
                 rows.append(row)
                 row_mfu[backend] = row["mfu"]
             for backend in args.backends:

@@ -109,6 +109,53 @@ def test_logprobs_equal_full_forward(name, temperature, top_p, top_k):
         assert (r.logprobs[i][r.mask[i]] - ref).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_shared_prompt_prefill_is_exact(name, monkeypatch):
+    """G copies of each prompt (an RL group) prefill once: the same samples as prefilling every row."""
+    import rlhfkit.generation as generation
+
+    model = MODELS[name]()
+    # copies interleaved with distinct rows; [0, 12, 13] pads to the same ids as [12, 13] (pad 0)
+    # but has one more real token, so it must not share [12, 13]'s prefill
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], [0, 12, 13], PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    kw = dict(max_new_tokens=8, temperature=1.0, eos_token_ids=[2], pad_token_id=0)
+    shared = generate(model, prompts, **kw, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(generation, "SHARED_PREFILL", False)
+    every = generate(model, prompts, **kw, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(shared.tokens, every.tokens) and torch.equal(shared.mask, every.mask)
+    assert (shared.logprobs - every.logprobs).abs().max() < 1e-5
+    assert not torch.equal(shared.tokens[0], shared.tokens[2])  # copies share a prefix, not the samples
+    for i, prompt in enumerate(prompts):
+        resp = shared.tokens[i][shared.mask[i]].tolist()
+        assert (shared.logprobs[i][shared.mask[i]] - full_logprobs(model, prompt, resp, 1.0)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_finished_rows_stop_being_computed(name, monkeypatch):
+    """Finished rows are dropped from the runner's batch: greedy samples, masks and logprobs as
+    when every row runs to the end."""
+    import rlhfkit.generation as generation
+
+    model = MODELS[name]()
+    prompts = PROMPTS * 2 + [[5, 6, 7], [30, 31, 32, 33]]
+    kw = dict(max_new_tokens=12, temperature=0.0, pad_token_id=0)
+    plain = generate(model, prompts, **kw)
+    eos = [int(plain.tokens[0, 3])]  # rows 0 and 4 end at step 3, others earlier, later or never
+    kept = []
+    runner = generation._LlamaRunner if name == "llama" else generation._HFRunner
+    keep = runner.keep
+    monkeypatch.setattr(runner, "keep", lambda self, rows: (kept.append(len(rows)), keep(self, rows)))
+    monkeypatch.setattr(generation, "COMPACT_AT", 0.95)  # drop rows as soon as one has finished
+    ours = generate(model, prompts, **kw, eos_token_ids=eos)
+    assert kept and kept[-1] < len(prompts)  # rows were dropped
+    monkeypatch.setattr(generation, "COMPACT_AT", 0.0)  # never drop a row
+    every = generate(model, prompts, **kw, eos_token_ids=eos)
+    assert 0 < int(every.finished.sum()) < len(prompts)
+    assert torch.equal(ours.tokens, every.tokens) and torch.equal(ours.mask, every.mask)
+    assert torch.equal(ours.finished, every.finished)
+    assert (ours.logprobs - every.logprobs).abs().max() < 1e-5
+
+
 def test_same_seed_same_samples(backend="torch"):
     model = tiny_llama()
     run = lambda seed: generate(model, PROMPTS, max_new_tokens=10, temperature=1.0, pad_token_id=0,
@@ -138,6 +185,32 @@ def test_sample_next_top_p_truncates_but_logprob_is_untruncated():
     tok, _ = sample_next(logits, 1.0, 1.0, 0, torch.Generator().manual_seed(0))
     freq = torch.bincount(tok, minlength=4).float() / 4000
     assert (freq - probs[0]).abs().max() < 0.03  # untruncated: all four at their rates
+
+
+def test_top_p_nucleus_of_any_size():
+    """Rows whose nucleus needs a few, hundreds or thousands of tokens (past the 256 and 4096
+    the sampler tries first) draw from exactly the set a full sort keeps."""
+    V, top_p = 6000, 0.9
+    g = torch.Generator().manual_seed(0)
+    rows = torch.stack([torch.randn(V, generator=g) * 6, torch.randn(V, generator=g) * 1.5,
+                        torch.linspace(0.0, 0.5, V)])  # peaked, wide, nearly flat
+    srt = rows.softmax(-1).sort(-1, descending=True)
+    keep = srt.values.cumsum(-1) - srt.values < top_p  # HF's rule on the full sort
+    nucleus = [set(srt.indices[i][keep[i]].tolist()) for i in range(3)]
+    sizes = [len(n) for n in nucleus]
+    assert sizes[0] < 256 < sizes[1] < 4096 < sizes[2]
+    logits = rows.repeat_interleave(400, 0)
+    tok, lp = sample_next(logits, 1.0, top_p, 0, torch.Generator().manual_seed(0))
+    rank = srt.indices.argsort(-1)  # rank[i, token]: its place in row i's full sort
+    for i in range(3):
+        drawn = tok[400 * i: 400 * (i + 1)]
+        assert set(drawn.tolist()) <= nucleus[i]
+        ranks = rank[i][drawn]
+        if sizes[i] > 256:  # spread over the whole nucleus, not the 256 (or 4096) tried first
+            assert int((ranks >= 256).sum()) > 100
+        if sizes[i] > 4096:
+            assert int((ranks >= 4096).sum()) > 20
+    assert torch.allclose(lp, logits.log_softmax(-1).gather(-1, tok[:, None])[:, 0])
 
 
 def test_lora_weights_are_applied():
