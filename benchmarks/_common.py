@@ -59,6 +59,30 @@ def smollm2_or_random(work: Path, model: str = "") -> tuple[str, str]:
     return str(out), "random weights, SmolLM2-135M shape"
 
 
+def side_by_side_parser(doc: str):
+    """The options both TRL-vs-rlhfkit benchmarks take, and the hidden ones of their workers."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="steps per framework (median over 2..N)")
+    p.add_argument("--model", default="", help="model dir (default: SmolLM2-135M-Instruct, else random)")
+    p.add_argument("--only", choices=["trl", "rlhfkit"], help="run one side only")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
+    p.add_argument("--work", default="", help="scratch dir (default: a temporary one)")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--worker", choices=["trl", "rlhfkit"], help=argparse.SUPPRESS)
+    p.add_argument("--result", default="", help=argparse.SUPPRESS)
+    return p
+
+
+def parse_side_by_side(p):
+    a = p.parse_args()
+    if a.steps < 2:
+        p.error("--steps must be >= 2 (step 1 is warm-up)")
+    return a
+
+
 def run_worker(script: str, args: list[str], result: Path, env: dict | None = None) -> dict:
     """Run `python script --worker ... --result result` in a fresh process; -> its JSON result
     plus `peak_rss_mb` (the child's maximum resident set, from wait4's rusage) and `wall_s`."""

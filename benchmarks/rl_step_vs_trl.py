@@ -20,7 +20,6 @@ reported, as step 1 pays one-time warm-up costs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -29,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median, run_worker, smollm2_or_random, table  # noqa: E402
+from _common import (median, parse_side_by_side, run_worker, side_by_side_parser,  # noqa: E402
+                     smollm2_or_random, table)
 
 PROMPTS = ["What is 23 + 45? Answer with the number only.",
            "Tell me a short joke about pelicans."]
@@ -113,21 +113,8 @@ def worker_rlhfkit(model: str, steps: int, threads: int, work: Path) -> dict:
 
 
 def main() -> None:
-    import os
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="steps per framework (median over 2..N)")
-    p.add_argument("--model", default="", help="model dir (default: SmolLM2-135M-Instruct, else random)")
-    p.add_argument("--only", choices=["trl", "rlhfkit"], help="run one side only")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
-    p.add_argument("--work", default="", help="scratch dir (default: a temporary one)")
-    p.add_argument("--out", default="", help="write the results as JSON here")
-    p.add_argument("--worker", choices=["trl", "rlhfkit"], help=argparse.SUPPRESS)
-    p.add_argument("--result", default="", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.steps < 2:
-        p.error("--steps must be >= 2 (step 1 is warm-up)")
+    p = side_by_side_parser(__doc__)
+    a = parse_side_by_side(p)
 
     if a.worker:  # inside a child process
         work = Path(a.work)

@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import PEAK_GFLOPS, median, run_worker, smollm2_or_random, table  # noqa: E402
+from _common import (PEAK_GFLOPS, median, parse_side_by_side, run_worker,  # noqa: E402
+                     side_by_side_parser, smollm2_or_random, table)
 
 SETTING = {"batch_size": 8, "max_seq_len": 256, "learning_rate": 1e-5}
 SYSTEM = "You are a helpful AI assistant."
@@ -140,20 +141,9 @@ def worker_rlhfkit(model: str, data: Path, threads: int, steps: int, work: Path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="steps per framework (median over 2..N)")
-    p.add_argument("--model", default="", help="model dir (default: SmolLM2-135M-Instruct, else random)")
-    p.add_argument("--only", choices=["trl", "rlhfkit"], help="run one side only")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
-    p.add_argument("--work", default="", help="scratch dir (default: a temporary one)")
-    p.add_argument("--out", default="", help="write the results as JSON here")
-    p.add_argument("--worker", choices=["trl", "rlhfkit"], help=argparse.SUPPRESS)
+    p = side_by_side_parser(__doc__)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
-    p.add_argument("--result", default="", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.steps < 2:
-        p.error("--steps must be >= 2 (step 1 is warm-up)")
+    a = parse_side_by_side(p)
 
     if a.worker:  # inside a child process
         work, data = Path(a.work), Path(a.data)
