@@ -84,7 +84,7 @@ def records(d):
 
 def test_reward_specs(rl_data):
     from rlhfkit.files import UserError
-    from rlhfkit.rl import resolve_reward
+    from rlhfkit.rewards.spec import resolve_reward
 
     recs = records(rl_data)  # answers 3 and 5
     r = resolve_reward("math+format")
@@ -104,7 +104,7 @@ def test_reward_specs(rl_data):
 
 def test_rm_reward_is_mean_minus_k_std(rl_data):
     from rlhfkit.rewards.rm import RewardScorer
-    from rlhfkit.rl import resolve_reward
+    from rlhfkit.rewards.spec import resolve_reward
 
     recs = records(rl_data)
     got = resolve_reward(f"rm:{rl_data / 'rm'}", rm_uncertainty_k=2.0)(recs, ["3", "five"])[:, 0]

@@ -32,6 +32,7 @@ from rlhfkit.advantages import ADVANTAGES, KL_CONTROLLERS, kl_penalized_rewards
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.losses import GRPO_REDUCTIONS, grpo_policy_loss
+from rlhfkit.rewards.spec import resolve_gold, resolve_reward
 from rlhfkit.training import Checkpoints, MetricsLog, Timer, batch_indices, lr_at, make_optimizer, progress
 
 
@@ -95,8 +96,8 @@ def run(cfg: Config | RLOOConfig) -> None:
     # ---- models, reward, prompts
     tokenizer, policy, ref = rl.load_models(cfg)
     eos = eos_token_ids(policy, tokenizer)
-    reward = rl.resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
-    gold = rl.resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
+    reward = resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
+    gold = resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
     records = rl.load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (rl.load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])

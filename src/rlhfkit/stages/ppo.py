@@ -34,6 +34,7 @@ from rlhfkit.advantages import KL_CONTROLLERS, gae, kl_penalized_rewards, whiten
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.losses import KL_ESTIMATORS, ppo_policy_loss, ppo_value_loss
+from rlhfkit.rewards.spec import resolve_gold, resolve_reward
 from rlhfkit.training import Checkpoints, MetricsLog, Timer, batch_indices, lr_at, make_optimizer, progress
 
 
@@ -125,8 +126,8 @@ def run(cfg: Config) -> None:
     torch.manual_seed(cfg.seed)
     model = ActorCritic(policy, load_critic(cfg.value_init, cfg.model, policy.config.vocab_size), cfg.temperature)
     model.critic.train()
-    reward = rl.resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
-    gold = rl.resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
+    reward = resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
+    gold = resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
     records = rl.load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (rl.load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])
