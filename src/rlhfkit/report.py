@@ -23,194 +23,25 @@ import base64
 import html
 import json
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit import report_plots as plots
 from rlhfkit.files import UserError, atomic_write_text
+from rlhfkit.report_data import (PIPELINE, RL_KINDS, Stage, discover, feedback_stats, first, fmt, last, read_json,
+                                 read_rows, rl_extras, short, verifiable)
 
-# the order stages appear in; a kind found in RUN but not named here is shown after them
-PIPELINE = ["world", "tokenizer", "pretrain", "sft", "feedback", "reward", "ppo", "grpo", "rloo", "dpo", "eval"]
 TITLES = {"world": "world", "tokenizer": "tokenizer", "pretrain": "pre-training", "sft": "SFT",
           "feedback": "rankings", "reward": "reward model", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO",
           "dpo": "DPO", "eval": "evaluation"}
-RL_KINDS = ("ppo", "grpo", "rloo")
-SKIP_DIRS = {"checkpoints", "best", "ref_logprobs", "__pycache__"}
-
-
-@dataclass
-class Stage:
-    kind: str
-    path: Path
-    name: str  # path relative to RUN, as the page shows it
-    config: dict = field(default_factory=dict)
-    rows: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    cache: dict = field(default_factory=dict)  # what the extras functions read, read once
-
-
-# ------------------------------------------------------------------------------ reading RUN
-
-def _kind(d: Path) -> str | None:
-    for name in ("config.toml", "fill-config.toml"):
-        p = d / name
-        if p.is_file():
-            first = p.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
-            if first.startswith("# rlhfkit ") and first.split()[2:]:
-                return first.split()[2]
-    if (d / "feedback.db").is_file():
-        return "feedback"
-    readme = d / "README.md"
-    if readme.is_file() and readme.read_text(errors="replace").startswith("# rlhfkit synthetic world"):
-        return "world"
-    return None
-
-
-def read_rows(path: Path) -> tuple[list[dict], int]:
-    """metrics.jsonl -> (rows, unreadable lines): a report shows what it can, a stage killed mid-line included."""
-    if not path.is_file():
-        return [], 0
-    rows, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict):
-            rows.append(rec)
-        else:
-            bad += 1
-    return rows, bad
-
-
-def read_json(path: Path, notes: list[str]):
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        notes.append(f"{path.name}: unreadable ({e})")
-        return None
-
-
-def discover(run: Path) -> list[Stage]:
-    """Every stage directory of RUN (RUN itself, its children and grandchildren), in pipeline order."""
-    cands = [run] + [d for d in sorted(run.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    cands += [g for d in cands[1:] if d.name not in SKIP_DIRS for g in sorted(d.iterdir())
-              if g.is_dir() and not g.name.startswith(".") and g.name not in SKIP_DIRS]
-    stages = []
-    for d in cands:
-        kind = _kind(d)
-        if kind is None or (d == run and kind != "feedback"):
-            continue
-        st = Stage(kind, d, "." if d == run else d.relative_to(run).as_posix())
-        cfg = d / ("fill-config.toml" if kind == "feedback" else "config.toml")
-        if cfg.is_file():
-            try:
-                st.config = tomllib.loads(cfg.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                st.notes.append(f"{cfg.name}: unreadable ({e})")
-        st.rows, bad = read_rows(d / "metrics.jsonl")
-        if bad:
-            st.notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
-        stages.append(st)
-    order = {k: i for i, k in enumerate(PIPELINE)}
-    return sorted(stages, key=lambda s: (order.get(s.kind, len(order)), s.name))
-
-
-def last(rows: list[dict], key: str):
-    _, ys = plots.series(rows, key)
-    return ys[-1] if ys else None
-
-
-def first(rows: list[dict], key: str):
-    _, ys = plots.series(rows, key)
-    return ys[0] if ys else None
-
-
-def fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool) or isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    return str(v)
-
-
-def short(model: str, run: Path) -> str:
-    """A model path as the page names it: relative to RUN when inside it."""
-    try:
-        return Path(model).resolve().relative_to(run.resolve()).as_posix()
-    except (ValueError, OSError):
-        return model
-
-
-# ------------------------------------------------------------------------------ per-stage extras
-
-def cached(fn):
-    def wrapper(st: Stage):
-        if fn.__name__ not in st.cache:
-            st.cache[fn.__name__] = fn(st)
-        return st.cache[fn.__name__]
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
-@cached
-def feedback_stats(st: Stage) -> dict | None:
-    """Counts, annotator agreement and arena ratings from the store (read only; nothing is created)."""
-    db = st.path / "feedback.db"
-    if not db.is_file():
-        return None
-    from rlhfkit.feedback import stats
-    from rlhfkit.feedback.store import FeedbackStore
-
-    try:
-        with FeedbackStore.for_run(st.path) as store:
-            rankings = store.rankings()
-            return {"counts": store.counts(), "agreement": stats.agreement(rankings),
-                    "arena": stats.arena_ratings(rankings)}
-    except Exception as e:  # a report shows the rest of the run when a store cannot be read
-        st.notes.append(f"feedback.db: unreadable ({type(e).__name__}: {e})")
-        return None
-
-
-@cached
-def rl_extras(st: Stage) -> dict:
-    """guard.json, samples.jsonl, the steps to compare (first eval; shipped or last) and the plot marks."""
-    guard = read_json(st.path / "guard.json", st.notes)
-    samples, bad = read_rows(st.path / "samples.jsonl")
-    if bad:
-        st.notes.append(f"samples.jsonl: {bad} unreadable line(s) skipped")
-    steps = sorted({s["step"] for s in samples if plots.number(s.get("step"))})
-    after = guard.get("shipped_step") if isinstance(guard, dict) else None
-    if after not in steps:
-        after = steps[-1] if steps else None
-    _, golds = plots.series(st.rows, "eval/gold_mean")
-    gold_steps, _ = plots.series(st.rows, "eval/gold_mean")
-    peak = gold_steps[golds.index(max(golds))] if golds else None
-    marks = {"peak": peak}
-    if isinstance(guard, dict):
-        marks.update(shipped=guard.get("shipped_step"), stop=guard.get("stop_step"))
-    return {"guard": guard if isinstance(guard, dict) else None, "samples": samples, "steps": steps,
-            "before": steps[0] if steps else None, "after": after, "marks": marks}
-
-
-def verifiable(st: Stage) -> bool:
-    return str(st.config.get("reward", "")).strip() == "math" or last(st.rows, "eval/accuracy") is not None
-
 
 # ------------------------------------------------------------------------------ the pipeline row
 
 def _figs_world(st, run):
     readme = (st.path / "README.md").read_text(errors="replace") if (st.path / "README.md").is_file() else ""
     rows = [ln.split("|") for ln in readme.splitlines() if ln.startswith("| `")]
-    return [(r[1].strip(" `"), r[2].strip()) for r in rows[:4]]
+    # "| `corpus.txt` | 7781 documents | 2,503,484 bytes |" -> ("corpus.txt", "7781 docs")
+    return [(r[1].strip(" `").rsplit(".", 1)[0], " ".join(r[2].split()[:2]).replace("documents", "docs")
+             .replace("conversations", "conv.")) for r in rows if len(r) > 3][:5]
 
 
 def _figs_tokenizer(st, run):
@@ -253,6 +84,9 @@ def _figs_rl(st, run):
             out.append(("gold", f"{fmt(first(st.rows, 'eval/gold_mean'))} → {fmt(last(st.rows, 'eval/gold_mean'))}"))
         g = rl_extras(st)["guard"]
         if g:
+            at = {r["step"]: r["eval/gold_mean"] for r in st.rows if plots.number(r.get("eval/gold_mean"))}
+            if g.get("shipped_step") in at:
+                out.append(("shipped gold", fmt(at[g["shipped_step"]])))
             out.append(("guard", f"ship {fmt(g.get('shipped_step'))}, stop {fmt(g.get('stop_step'))}"))
     out.append(("KL", fmt(last(st.rows, "policy/kl_ref"))))
     return out
@@ -437,7 +271,7 @@ def sec_rl(stages: list[Stage], F: Figures, want_verifiable: bool) -> str:
         x = rl_extras(s)
         body = [f"<h3>{esc(TITLES[s.kind])}: {esc(s.name)} <span class=\"muted\">reward "
                 f"{esc(s.config.get('reward', '?'))}</span></h3>", notes(s)]
-        curves = F.img(plots.rl_curves(s.rows, x["marks"], f"{TITLES[s.kind]} ({s.name})"), "RL curves")
+        curves = F.img(plots.rl_curves(s.rows, x["marks"], f"{TITLES[s.kind]} ({s.name})", want_verifiable), "RL curves")
         body.append(curves or not_run("RL curves", f"{s.name}/metrics.jsonl has no RL metrics"))
         pair = []
         if want_verifiable:
@@ -535,11 +369,11 @@ nav a{margin-right:14px}.muted{color:#888;font-weight:normal;font-size:.9em}
 .card{border:1px solid #cfd8e3;border-radius:8px;padding:8px 10px;min-width:120px;max-width:190px;background:#f6f9fc}
 .card h3{margin:0;font-size:15px}.card .dir{margin:0 0 4px;color:#777;font:12px monospace}
 .card dl{margin:0;font-size:12.5px;display:grid;grid-template-columns:auto auto;gap:0 8px}
-.card dt{color:#666}.card dd{margin:0;font-weight:600;text-align:right;overflow-wrap:anywhere}
+.card dt{color:#666}.card dd{margin:0;font-weight:600;text-align:right;white-space:nowrap}
 .card.missing{background:#fafafa;border-style:dashed;color:#999}.card.missing p{margin:4px 0 0;font-size:13px}
 .arrow{align-self:center;color:#999;font-size:20px}
 figure{margin:8px 0}img{max-width:100%;height:auto;border:1px solid #eee}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:16px;align-items:start}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(460px,100%),1fr));gap:16px;align-items:start}
 table{border-collapse:collapse;margin:8px 0;font-size:13.5px}
 th,td{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f2f4f7}
 table.samples{width:100%;table-layout:fixed}.text{white-space:pre-wrap;overflow-wrap:anywhere}

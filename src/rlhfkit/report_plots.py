@@ -126,25 +126,33 @@ RL_PANELS = [  # (title, y label, [(key, legend, colour)])
 ]
 
 
-def rl_curves(rows: list[dict], marks: dict, title: str) -> bytes | None:
-    """The RL run in six panels against the step, the guard's stop and the shipped step marked in each."""
+def rl_curves(rows: list[dict], marks: dict, title: str, verifier: bool = False) -> bytes | None:
+    """The RL run in panels against the step, the guard's stop and the shipped step marked in each.
+
+    With a learned reward every panel shows (an empty one says "not logged": gold needs `gold =`,
+    the guard signals a guard); with a verifier only the logged ones, the reward titled as such."""
+    panels = [(("reward (the verifier: share correct)" if verifier and i == 0 else name), ylabel, keys)
+              for i, (name, ylabel, keys) in enumerate(RL_PANELS)]
+    logged = [p for p in panels if any(series(rows, k)[0] for k, _, _ in p[2])]
+    if not logged:
+        return None
+    if verifier:
+        panels = logged
     plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    drawn = 0
-    for ax, (name, ylabel, keys) in zip(axes.flat, RL_PANELS):
-        got = [_line(ax, rows, k, lab, col) for k, lab, col in keys]
-        if not any(got):
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.7 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, ylabel, keys) in zip(axes.flat, panels):
+        if not [_line(ax, rows, k, lab, col) for k, lab, col in keys if series(rows, k)[0]]:
             _empty(ax, name)
             ax.set_title(name)
             continue
-        drawn += 1
         _marks(ax, marks)
         ax.set(xlabel="RL step", ylabel=ylabel, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    if not drawn:
-        plt.close(fig)
-        return None
     fig.suptitle(title)
     return _png(fig)
 
