@@ -164,7 +164,8 @@ def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     """Cells are HTML already (escape before)."""
     th = "".join(f"<th>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    # a wide table scrolls inside its box instead of widening the page (phones)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def response_cell(s: dict | None) -> str:
@@ -377,7 +378,7 @@ figure{margin:8px 0}img{max-width:100%;height:auto;border:1px solid #eee}
 table{border-collapse:collapse;margin:8px 0;font-size:13.5px}
 th,td{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f2f4f7}
 table.samples{width:100%;table-layout:fixed}.text{white-space:pre-wrap;overflow-wrap:anywhere}
-.scores{color:#666;font-size:12px;margin-top:2px}
+.scroll{overflow-x:auto;max-width:100%}.scores{color:#666;font-size:12px;margin-top:2px}
 .notrun{color:#8a6d3b;background:#fcf8e3;border-left:3px solid #e5c07b;padding:4px 10px;margin:6px 0}
 .note{color:#a94442;font-size:13px;margin:4px 0}
 """
