@@ -20,13 +20,11 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 
-from test_report import build_run  # noqa: E402
+from test_report import full_report  # noqa: E402
 
 
-def test_report_in_chromium(tmp_path, tiny_tokenizer, tiny_base):
-    from rlhfkit.report import write_report
-
-    page_file = write_report(build_run(tmp_path / "run", tiny_tokenizer, tiny_base))
+def test_report_in_chromium(tmp_path_factory, tiny_tokenizer, tiny_base):
+    page_file = full_report(tmp_path_factory, tiny_tokenizer, tiny_base)  # test_report's page, built once
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         requests, errors, dialogs = [], [], []

@@ -353,7 +353,8 @@ def sec_arena(stages: list[Stage], F: Figures, run: Path) -> str:
         st = feedback_stats(s) if s.kind == "feedback" else None
         if st and st["arena"]:
             ratings = {short(m, run): r for m, r in st["arena"].items()}
-            rows = [[esc(m), esc(fmt(r["rating"])), esc(f"{fmt(r.get('low'))} .. {fmt(r.get('high'))}"),
+            elo = lambda v: f"{v:.0f}" if plots.number(v) else "–"  # noqa: E731  (Elo points: no decimals)
+            rows = [[esc(m), esc(elo(r["rating"])), esc(f"{elo(r.get('low'))} .. {elo(r.get('high'))}"),
                      esc(fmt(r.get("games")))] for m, r in ratings.items()]
             return (F.img(plots.arena(ratings), "arena ratings")
                     + table(["checkpoint", "rating", "95% CI", "games"], rows))
@@ -365,7 +366,8 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 padding:0 24px 48px;color:#222;background:#fff}
 h1{margin:24px 0 4px}h2{margin-top:40px;border-bottom:2px solid #e3e3e3;padding-bottom:4px}
 h3{margin:24px 0 8px}h4{margin:16px 0 6px}
-nav a{margin-right:14px}.muted{color:#888;font-weight:normal;font-size:.9em}
+nav a{margin-right:14px;white-space:nowrap;display:inline-block}
+@media (max-width:600px){body{padding:0 12px 32px}}.muted{color:#888;font-weight:normal;font-size:.9em}
 .pipeline{display:flex;flex-wrap:wrap;align-items:stretch;gap:6px}
 .card{border:1px solid #cfd8e3;border-radius:8px;padding:8px 10px;min-width:120px;max-width:190px;background:#f6f9fc}
 .card h3{margin:0;font-size:15px}.card .dir{margin:0 0 4px;color:#777;font:12px monospace}

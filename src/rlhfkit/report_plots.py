@@ -163,7 +163,7 @@ def gold_vs_kl(rows: list[dict], shipped: int | None, title: str) -> bytes | Non
     if not evals:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
     # the eval before the first update (step 0) logs no KL: the policy is the reference there
     kl = [r.get("policy/kl_ref") if number(r.get("policy/kl_ref")) else 0.0 for r in evals]
     ax.plot(kl, [r["eval/gold_mean"] for r in evals], "o-", color=C["gold"], label="gold (the person)")
@@ -181,7 +181,8 @@ def gold_vs_kl(rows: list[dict], shipped: int | None, title: str) -> bytes | Non
         ax2.set_ylabel("held-out proxy reward")
         l2, lab2 = ax2.get_legend_handles_labels()
         lines, labels = lines + l2, labels + lab2
-    ax.legend(lines, labels, fontsize=8, loc="best")
+    # below the axes: inside, it covers the peak the plot is about
+    ax.legend(lines, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     return _png(fig)
 
 
