@@ -20,7 +20,7 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 
-from test_report import full_report  # noqa: E402
+from test_report import full_report  # noqa: E402  (after the skips)
 
 
 def test_report_in_chromium(tmp_path_factory, tiny_tokenizer, tiny_base):

@@ -270,8 +270,8 @@ def sec_rl(stages: list[Stage], F: Figures, want_verifiable: bool) -> str:
     out = []
     for s in mine:
         x = rl_extras(s)
-        body = [f"<h3>{esc(TITLES[s.kind])}: {esc(s.name)} <span class=\"muted\">reward "
-                f"{esc(s.config.get('reward', '?'))}</span></h3>", notes(s)]
+        reward = esc(s.config.get("reward", "?"))
+        body = [f'<h3>{esc(TITLES[s.kind])}: {esc(s.name)} <span class="muted">reward {reward}</span></h3>', notes(s)]
         curves = F.img(plots.rl_curves(s.rows, x["marks"], f"{TITLES[s.kind]} ({s.name})", want_verifiable), "RL curves")
         body.append(curves or not_run("RL curves", f"{s.name}/metrics.jsonl has no RL metrics"))
         pair = []
@@ -353,7 +353,9 @@ def sec_arena(stages: list[Stage], F: Figures, run: Path) -> str:
         st = feedback_stats(s) if s.kind == "feedback" else None
         if st and st["arena"]:
             ratings = {short(m, run): r for m, r in st["arena"].items()}
-            elo = lambda v: f"{v:.0f}" if plots.number(v) else "–"  # noqa: E731  (Elo points: no decimals)
+            def elo(v) -> str:  # Elo points: no decimals
+                return f"{v:.0f}" if plots.number(v) else "–"
+
             rows = [[esc(m), esc(elo(r["rating"])), esc(f"{elo(r.get('low'))} .. {elo(r.get('high'))}"),
                      esc(fmt(r.get("games")))] for m, r in ratings.items()]
             return (F.img(plots.arena(ratings), "arena ratings")

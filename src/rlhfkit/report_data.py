@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit import report_plots as plots
+from rlhfkit.files import UserError
 
 PIPELINE = ["world", "tokenizer", "pretrain", "sft", "feedback", "reward", "ppo", "grpo", "rloo", "dpo", "eval"]
 RL_KINDS = ("ppo", "grpo", "rloo")
@@ -115,7 +116,7 @@ def first(rows: list[dict], key: str):
 def fmt(v) -> str:
     if v is None:
         return "–"
-    if isinstance(v, bool) or isinstance(v, int):
+    if isinstance(v, (bool, int)):
         return str(v)
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
@@ -147,6 +148,8 @@ def feedback_stats(st: Stage) -> dict | None:
     db = st.path / "feedback.db"
     if not db.is_file():
         return None
+    import sqlalchemy as sa
+
     from rlhfkit.feedback import stats
     from rlhfkit.feedback.store import FeedbackStore
 
@@ -155,7 +158,7 @@ def feedback_stats(st: Stage) -> dict | None:
             rankings = store.rankings()
             return {"counts": store.counts(), "agreement": stats.agreement(rankings),
                     "arena": stats.arena_ratings(rankings)}
-    except Exception as e:  # a report shows the rest of the run when a store cannot be read
+    except (UserError, ValueError, KeyError, sa.exc.SQLAlchemyError) as e:  # the rest of the run still shows
         st.notes.append(f"feedback.db: unreadable ({type(e).__name__}: {e})")
         return None
 
