@@ -1,8 +1,8 @@
 """`rlhfkit report RUN`: the page from a run directory, every figure a PNG that decodes, text escaped,
 missing parts saying so.
 
-The run is built from real parts where they are cheap (the tiny tokenizer and pre-training run
-of conftest, a real feedback store with rankings and arena votes, the reward stage's own
+The run is built from real parts where they are cheap (the world at scale 0.05, the tiny
+tokenizer and pre-training run of conftest, a real feedback store with rankings and arena votes, the reward stage's own
 ranking_metrics for eval.json) and, for the long stages, from files with the fields their stages
 document (metrics.jsonl keys, guard.json, samples.jsonl, eval.json) and hand-chosen values.
 """
@@ -42,7 +42,7 @@ def build_run(run: Path, tokenizer: Path, base: Path) -> Path:
     from rlhfkit.feedback.store import FeedbackStore
     from rlhfkit.stages.eval_reward import ranking_metrics
 
-    run.mkdir(parents=True)
+    rlhfkit("world", str(run / "world"), "--seed", "0", "--scale", "0.05")
     shutil.copytree(tokenizer, run / "tokenizer")
     shutil.copytree(base, run / "base", ignore=shutil.ignore_patterns("checkpoints"))
     _toml(run / "sft", "sft", model=str(run / "base"))
@@ -158,7 +158,7 @@ def test_report_of_a_full_run(full_page):
     assert "<script" not in page and "http" not in rest and "src=" not in rest and "url(" not in rest
     assert "&lt;script&gt;alert(1)&lt;/script&gt; the the the" in page
     assert "Tell me a joke about pelicans &amp; owls." in page
-    assert 'class="notrun"' not in page  # every part has its inputs
+    assert 'class="notrun"' not in page and "card missing" not in page  # every part has its inputs
     # before (step 0) and after: the shipped step 20 from guard.json, not the last eval (30)
     assert "before (step 0)" in page and "after (step 20, shipped)" in page
     assert "step 0 answer 0" in page and "step 20 answer 0" in page and "step 30 answer 0" not in page
@@ -166,6 +166,7 @@ def test_report_of_a_full_run(full_page):
     # the pipeline's key figures, from the files above
     assert "<dt>gold</dt><dd>0.45 → 0.41</dd>" in page and "<dt>shipped gold</dt><dd>0.55</dd>" in page
     assert "<dt>accuracy</dt><dd>0.2 → 0.35</dd>" in page
+    assert "<dt>corpus</dt><dd>374 docs</dd>" in page  # the world's README at scale 0.05
     assert "<dt>agreement</dt><dd>0.5</dd>" in page  # (1 + 0) / 2 over the two overlapping tasks
     assert "0.62 [0.55, 0.7]" in page  # ppo/best's win rate and its interval in the eval table
     assert "ppo/best (4 games)" not in page and "<td>ppo/best</td>" in page  # arena table, run-relative names
@@ -206,3 +207,25 @@ def test_cli(tmp_path, tiny_base):
     assert (tmp_path / "run" / "report.html").is_file() and not list((tmp_path / "run").glob(".report.html.*"))
     assert "report " in rlhfkit("--help").stdout
 
+
+
+def test_broken_side_files_become_notes(tmp_path):
+    """A file a stage left half-written or malformed costs its own part, never the page."""
+    from rlhfkit.report import write_report
+
+    run = tmp_path / "run"
+    _toml(run / "ppo", "ppo", reward="rm:x")
+    _jsonl(run / "ppo" / "metrics.jsonl", [{"step": 1, "rollout/reward_mean": 0.5, "policy/kl_ref": 0.1}])
+    (run / "ppo" / "guard.json").write_text('{"shipped_step": 1')  # cut mid-write
+    (run / "ppo" / "samples.jsonl").write_text('{"step": 0, "prompt": "p", "response": "r"}\nnot json\n')
+    _toml(run / "rm", "reward")
+    (run / "rm" / "config.toml").write_text("# rlhfkit reward\nmodel = \n")  # not TOML
+    (run / "rm" / "eval.json").write_text("[1, 2")
+    _toml(run / "eval" / "x", "eval")
+    (run / "eval" / "x" / "eval.json").write_text("[]")  # valid JSON, not {model: metrics}
+    page = write_report(run).read_text()
+    assert len(images(page)) == 1  # the PPO curves from its one readable metrics line
+    assert "ppo: guard.json: unreadable (Expecting" in page and "ppo: samples.jsonl: 1 unreadable line(s) skipped" in page
+    assert "not run: the guard (no readable ppo/guard.json)" in page and "after (step 0)" in page
+    assert "rm: config.toml: unreadable" in page and "rm: eval.json: unreadable" in page
+    assert "not run: reward-model plots" in page and "not run: evaluation (no eval/x/eval.json)" in page

@@ -283,7 +283,7 @@ def sec_rl(stages: list[Stage], F: Figures, want_verifiable: bool) -> str:
             pair.append(F.img(plots.gold_vs_kl(s.rows, shipped, "gold and proxy against KL"), "gold vs KL")
                         or not_run("gold vs KL", "no eval/gold_mean logged (set gold = MODULE:FUNCTION)"))
             pair.append(guard_table(x["guard"]) if x["guard"] else
-                        not_run("the guard", f"no {s.name}/guard.json"))
+                        not_run("the guard", f"no readable {s.name}/guard.json"))
         body.append('<div class="grid2">' + "".join(f"<div>{p}</div>" for p in pair) + "</div>")
         body.append("<h4>the same prompts, before and after</h4>" + before_after(x))
         out.append("".join(body))
