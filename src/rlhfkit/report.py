@@ -41,7 +41,8 @@ def _figs_world(st, run):
     rows = [ln.split("|") for ln in readme.splitlines() if ln.startswith("| `")]
     # "| `corpus.txt` | 7781 documents | 2,503,484 bytes |" -> ("corpus.txt", "7781 docs")
     return [(r[1].strip(" `").rsplit(".", 1)[0], " ".join(r[2].split()[:2]).replace("documents", "docs")
-             .replace("conversations", "conv.")) for r in rows if len(r) > 3][:5]
+             .replace("conversations", "conv.")) for r in rows
+            if len(r) > 3 and not r[1].strip(" `").rsplit(".", 1)[0].endswith(("_eval", "_ood"))][:4]
 
 
 def _figs_tokenizer(st, run):
@@ -69,7 +70,9 @@ def _figs_feedback(st, run):
 
 
 def _figs_reward(st, run):
-    return [("held-out acc.", fmt(last(st.rows, "rm/accuracy"))), ("top-1 acc.", fmt(last(st.rows, "rm/top1_accuracy"))),
+    ens = read_json(st.path / "ensemble.json", [])
+    members = [("members", fmt(len(ens.get("members", []))))] if isinstance(ens, dict) else []
+    return members + [("held-out acc.", fmt(last(st.rows, "rm/accuracy"))), ("top-1 acc.", fmt(last(st.rows, "rm/top1_accuracy"))),
             ("ECE", fmt(last(st.rows, "rm/ece"))), ("pairs", fmt(last(st.rows, "rm/pairs")))]
 
 
@@ -371,7 +374,7 @@ h3{margin:24px 0 8px}h4{margin:16px 0 6px}
 nav a{margin-right:14px;white-space:nowrap;display:inline-block}
 @media (max-width:600px){body{padding:0 12px 32px}}.muted{color:#888;font-weight:normal;font-size:.9em}
 .pipeline{display:flex;flex-wrap:wrap;align-items:stretch;gap:6px}
-.card{border:1px solid #cfd8e3;border-radius:8px;padding:8px 10px;min-width:120px;max-width:190px;background:#f6f9fc}
+.card{border:1px solid #cfd8e3;border-radius:8px;padding:8px 10px;min-width:120px;background:#f6f9fc}
 .card h3{margin:0;font-size:15px}.card .dir{margin:0 0 4px;color:#777;font:12px monospace}
 .card dl{margin:0;font-size:12.5px;display:grid;grid-template-columns:auto auto;gap:0 8px}
 .card dt{color:#666}.card dd{margin:0;font-weight:600;text-align:right;white-space:nowrap}
