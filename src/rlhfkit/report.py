@@ -72,8 +72,9 @@ def _figs_feedback(st, run):
 def _figs_reward(st, run):
     ens = read_json(st.path / "ensemble.json", [])
     members = [("members", fmt(len(ens.get("members", []))))] if isinstance(ens, dict) else []
-    return members + [("held-out acc.", fmt(last(st.rows, "rm/accuracy"))), ("top-1 acc.", fmt(last(st.rows, "rm/top1_accuracy"))),
-            ("ECE", fmt(last(st.rows, "rm/ece"))), ("pairs", fmt(last(st.rows, "rm/pairs")))]
+    return members + [("held-out acc.", fmt(last(st.rows, "rm/accuracy"))),
+                      ("top-1 acc.", fmt(last(st.rows, "rm/top1_accuracy"))),
+                      ("ECE", fmt(last(st.rows, "rm/ece"))), ("pairs", fmt(last(st.rows, "rm/pairs")))]
 
 
 def _figs_rl(st, run):
@@ -102,7 +103,8 @@ def _figs_dpo(st, run):
 
 
 def _figs_eval(st, run):
-    ev = read_json(st.path / "eval.json", st.notes) or {}
+    ev = read_json(st.path / "eval.json", [])  # the section notes what is wrong with it
+    ev = ev if isinstance(ev, dict) else {}
     base = st.config.get("baseline") or next(iter(ev), "")
     rest = {m: v for m, v in ev.items() if m != base and isinstance(v, dict) and plots.number(v.get("win_rate"))}
     out = [("models", fmt(len(ev))), ("baseline", short(base, run) if base else "–")]
