@@ -20,6 +20,14 @@ class UserError(Exception):
     """Bad input from a person: printed as one line, exit code 2."""
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give under this process's umask: mkstemp and
+    mkdtemp make private 0600/0700 entries, which would leave a run unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` so a reader sees the old file or the new one, never half."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -34,6 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)  # rename is atomic on POSIX within one file system
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +66,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        os.chmod(tmp, umask_mode(directory=True))
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -70,23 +80,77 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file, `.gz` or plain (told by its first bytes).
+
+    Every way a file can fail to be text becomes one UserError naming the file and line:
+    binary data (a NUL byte), bytes that are not UTF-8, a truncated or corrupt gzip stream,
+    a directory or an unreadable file. A UTF-8 byte-order mark on the first line is dropped.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file")
+    lineno = 0
+    try:
+        with path.open("rb") as raw:
+            gz = raw.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
+            for lineno, line in enumerate(f, 1):
+                nul = line.find(b"\x00")
+                if nul >= 0:
+                    raise UserError(f"{path}:{lineno}: binary data (a NUL byte at column {nul + 1}), not a text file")
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column "
+                                    f"{e.start + 1}); convert it, e.g. iconv -t UTF-8") from None
+                if lineno == 1 and text.startswith("\ufeff"):
+                    text = text[1:]
+                yield lineno, text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}: truncated or corrupt gzip file after line {lineno} ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """The whole of a UTF-8 text file (`.gz` too), with iter_lines' one-line errors."""
+    return "".join(line for _, line in iter_lines(path))
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """`json`'s message with where it happened: e.msg alone ends mid-sentence for some
+    errors ("Invalid control character at")."""
+    return f"malformed JSON ({e.msg} at column {e.colno})"
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSONL file (`.gz` too); a line that is
+    not a JSON object raises UserError naming file and line."""
+    path = Path(path)
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: {json_error(e)}") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        yield lineno, rec
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file of objects; a bad line raises UserError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
+    records = [rec for _, rec in iter_jsonl(path)]
     if not records:
         raise UserError(f"{path}: no records")
     return records
