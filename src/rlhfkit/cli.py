@@ -105,9 +105,15 @@ def _text_files(v):
             pass
 
 
-def _text_file_or_run_dir(v):
+def _preferences(v, cfg):
+    """A preference file (a run dir's store is the stage's to read): readable, and rankings
+    that can train (no response ranked twice, not every pair chosen == rejected)."""
+    from rlhfkit.data import check_rankings
+    from rlhfkit.feedback.formats import read_preferences
+
     if not os.path.isdir(os.path.expanduser(v)):
         _text_files(v)
+        check_rankings(read_preferences(v, getattr(cfg, "format", "auto")), v)
 
 
 def _jsonl(v):
@@ -152,7 +158,7 @@ INPUTS = {  # key -> check; (stage, key) wins over key
     "reward": _reward_spec, "gold": _reward_spec, "value_init": _reward_spec,
     ("pretrain", "data"): _documents,
     ("sft", "data"): _conversations, ("sft", "eval_data"): _conversations,
-    ("reward", "data"): _text_file_or_run_dir, ("reward", "eval_data"): _text_file_or_run_dir,
+    ("reward", "data"): _preferences, ("reward", "eval_data"): _preferences,
 }
 
 
@@ -163,7 +169,7 @@ def _check_inputs(stage: str, cfg) -> None:
         value = getattr(cfg, f.name)
         check = INPUTS.get((stage, f.name)) or INPUTS.get(f.name)
         if check is not None and value:
-            check(value)
+            check(value, cfg) if check is _preferences else check(value)
 
 
 def _config_stage(name: str, module, argv: list[str]) -> int:

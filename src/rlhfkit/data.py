@@ -153,3 +153,27 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Chat-templated prompt ids ending with the assistant header (generation starts there)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ----------------------------------------------------------------------------- rankings
+
+def check_rankings(records: list[dict], where: str) -> None:
+    """Rankings that cannot teach a reward model anything: a K-way ranking that lists the same
+    response twice (it would be ranked above itself), or a file whose pairs all have
+    chosen == rejected (every pair's loss is the constant ln 2, its gradient zero).
+    Records are read_preferences' (meta holds file and line); a lone equal pair is allowed
+    (real data sets such as HH hold a few), a file of nothing else is not."""
+    degenerate = 0
+    for r in records:
+        responses = r["responses"]
+        if len(set(responses)) == len(responses):
+            continue
+        meta = r.get("meta") or {}
+        at = f"{meta['file']}:{meta['line']}" if "file" in meta and "line" in meta else where
+        if len(responses) > 2:
+            dup = next(x for i, x in enumerate(responses) if x in responses[:i])
+            raise UserError(f"{at}: the ranking lists the same response twice ({dup[:40]!r}); "
+                            "each response must appear once")
+        degenerate += 1
+    if records and degenerate == len(records):
+        raise UserError(f"{where}: every pair has chosen == rejected: nothing to learn from")

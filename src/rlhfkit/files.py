@@ -130,7 +130,7 @@ def read_text(path: str | Path) -> str:
 def json_error(e: json.JSONDecodeError) -> str:
     """`json`'s message with where it happened: e.msg alone ends mid-sentence for some
     errors ("Invalid control character at")."""
-    return f"malformed JSON ({e.msg} at column {e.colno})"
+    return f"malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -36,7 +36,8 @@ def _resolve(spec: str, marker: tuple[str, ...] = ("config.json",)) -> tuple[str
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not p.exists()
     if looks_like_hub_id:
         return spec, None
-    raise UserError(f"{spec}: model not found (expected a model directory, a .gguf file or a hub id)")
+    what = "tokenizer" if "tokenizer.json" in marker else "model"
+    raise UserError(f"{spec}: {what} not found (expected a {what} directory, a .gguf file or a hub id)")
 
 
 def check_safetensors(path: Path) -> None:
