@@ -201,6 +201,9 @@ def _config_stage(name: str, module, argv: list[str]) -> int:
     return 0
 
 
+TORCH_WRITE_ERRORS = ("write failed", "failed writing", "iostream error", "unexpected pos")
+
+
 def _environment_error(e: BaseException) -> str | None:
     """One line for what the machine refused (disk full, file too large, read-only, no
     permission) or a damaged model file; None for anything else (a bug: keep the traceback)."""
@@ -211,9 +214,14 @@ def _environment_error(e: BaseException) -> str | None:
             errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else "")
     text = (str(e).splitlines() or [type(e).__name__])[0]
     low = text.lower()
-    # torch.save and safetensors report a failed write in their own exception types
-    if isinstance(e, RuntimeError) and ("write failed" in low or "failed writing" in low):
+    # torch.save reports a failed write as a RuntimeError from its C++ zip writer (and the
+    # first failure often hides in __context__ behind a second one from closing the file)
+    chain = [e, e.__context__, e.__cause__]
+    if any(isinstance(x, RuntimeError) and any(w in str(x).lower() for w in TORCH_WRITE_ERRORS) for x in chain):
         return f"could not write a file (disk full or a file size limit?): {text}"
+    for x in chain[1:]:
+        if x is not None and (msg := _environment_error(x)):
+            return msg
     if type(e).__module__.split(".")[0] == "safetensors":
         if any(w in low for w in ("no space", "too large", "ioerror", "i/o error")):
             return f"could not write a model file (disk full or a file size limit?): {text}"

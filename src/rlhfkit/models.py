@@ -98,10 +98,14 @@ def _from_pretrained(cls, spec: str, marker=("config.json",), **kwargs):
         raise UserError(f"{spec}: could not load ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     except Exception as e:
         # damaged files the checks above cannot see: safetensors and tokenizers raise their own
-        # types (or a bare Exception); a bug of ours still gets its traceback
+        # types (or a bare Exception), transformers a KeyError / ValueError for a file that is
+        # JSON but not what it should be; a bug of ours (TypeError, AttributeError...) keeps
+        # its traceback
         if type(e).__module__.split(".")[0] in ("safetensors", "tokenizers") or type(e) is Exception \
-                or isinstance(e, (EOFError, UnicodeDecodeError)):
-            raise UserError(f"{spec}: could not load, a file is damaged ({(str(e).splitlines() or [''])[0]})") from None
+                or isinstance(e, (EOFError, KeyError, ValueError)):
+            detail = (str(e).splitlines() or [""])[0] or type(e).__name__
+            raise UserError(f"{spec}: could not load, a file is damaged or not this kind ({type(e).__name__}: "
+                            f"{detail})") from None
         raise
 
 
