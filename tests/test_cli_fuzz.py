@@ -18,6 +18,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,59 @@ def test_hypothesis_out_of_range_numbers(ws, data, monkeypatch):
     else:
         value = data.draw(_bad_float(name), label="value")
     one_line_exit_2(ws, [stage, "--set", f"{name}={value}"], f"{name} must", monkeypatch)
+
+
+# ---- a run that fails after it started writing leaves `out` as it found it
+
+def _start_then_fail(out: Path, metrics_line: str = ""):
+    """What every stage does at its start (config.toml, an empty metrics.jsonl and
+    samples.jsonl), then the error a later check raises."""
+    from rlhfkit.files import UserError, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.toml", "# rlhfkit sft\nmax_steps = 9\n")
+    (out / "metrics.jsonl").write_text(metrics_line)
+    (out / "samples.jsonl").write_text("")
+    raise UserError("a bad line found after setup")
+
+
+def test_failed_start_removes_only_what_it_created(tmp_path):
+    from rlhfkit.files import OutGuard, UserError
+
+    new = tmp_path / "runs" / "r1" / "sft"  # runs/ does not exist yet: all three go
+    with pytest.raises(UserError), OutGuard(new):
+        _start_then_fail(new)
+    assert list(tmp_path.iterdir()) == []
+
+    own = tmp_path / "own"  # an earlier run's dir: its files stay, its config.toml comes back
+    own.mkdir()
+    (own / "config.toml").write_text("# rlhfkit sft\nmax_steps = 3\n")
+    (own / "model.safetensors").write_bytes(b"weights")
+    os.utime(own / "model.safetensors", (1, 1))  # made long before this run
+    with pytest.raises(UserError), OutGuard(own):
+        _start_then_fail(own)
+    assert sorted(p.name for p in own.iterdir()) == ["config.toml", "model.safetensors"]
+    assert (own / "config.toml").read_text() == "# rlhfkit sft\nmax_steps = 3\n"
+
+    trained = tmp_path / "trained"  # once a metrics line is written, the run is worth keeping
+    with pytest.raises(UserError), OutGuard(trained):
+        _start_then_fail(trained, '{"step": 1}\n')
+    assert sorted(p.name for p in trained.iterdir()) == ["config.toml", "metrics.jsonl", "samples.jsonl"]
+
+
+def test_force_writes_into_a_foreign_dir_and_deletes_nothing(ws, tmp_path, monkeypatch):
+    """`rlhfkit tokenizer --set out=runs/myrun` used to replace the whole directory."""
+    run = tmp_path / "myrun"
+    shutil.copytree(ws / "myrun", run)
+    rc = main(["tokenizer", "--set", f"files={ws / 'corpus.txt'}", "--set", f"out={run}", "--set", "vocab_size=300",
+               "--set", "min_frequency=1", "--force"])
+    assert rc == 0
+    assert (run / "feedback.db").read_bytes() == b"precious"  # the file that was there
+    assert (run / "tokenizer.json").is_file() and (run / "config.toml").read_text().startswith("# rlhfkit tokenizer")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left beside it
+    # now it is the tokenizer's own output: a rerun needs no --force
+    assert main(["tokenizer", "--set", f"files={ws / 'corpus.txt'}", "--set", f"out={run}", "--set", "vocab_size=300",
+                 "--set", "min_frequency=1"]) == 0
 
 
 # ---- real processes: what a shell sees
