@@ -44,8 +44,9 @@ def _args(name: str, argv: list[str]) -> argparse.Namespace:
 
 
 def _load(spec: str):
-    from rlhfkit.models import eos_token_ids, load_causal_lm, load_tokenizer
+    from rlhfkit.models import _resolve, eos_token_ids, load_causal_lm, load_tokenizer
 
+    _resolve(spec)  # a missing or damaged model is named as one, before its tokenizer loads
     tok = load_tokenizer(spec)
     model = load_causal_lm(spec)
     model.eval()
