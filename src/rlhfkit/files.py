@@ -237,8 +237,8 @@ class OutGuard:
         return False
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or not self.out.is_dir():
-            return
+        if exc_type is None or not self.out.is_dir() or os.environ.get("RANK", "0") != "0":
+            return  # under torchrun only rank 0 writes `out`, so only it tidies
         try:
             if self._worth_keeping():
                 return
