@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhfkit.files import UserError
+from rlhfkit.files import UserError, umask_mode
 
 
 def _resolve(spec: str, marker: tuple[str, ...] = ("config.json",)) -> tuple[str, str | None]:
@@ -242,7 +242,7 @@ def save_model(model, tokenizer, out: str | Path) -> None:
         names = sorted(p.name for p in tmp.iterdir())
         for name in [n for n in names if n != "config.json"] + ["config.json"]:
             os.replace(tmp / name, out / name)
-            os.chmod(out / name, 0o644)  # mkdtemp made them private; a model dir is for sharing
+            os.chmod(out / name, umask_mode())  # mkdtemp made them private; a model dir is for sharing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
