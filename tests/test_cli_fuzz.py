@@ -131,6 +131,7 @@ CASES = [
     (["pretrain", *S("n_heads=3")], "n_heads=3 must divide d_model=256"),
     (["pretrain", *S("d_model=90")], "n_heads=4 must divide d_model=90"),
     (["pretrain", *S("n_kv_heads=3")], "n_kv_heads=3 must divide n_heads=4"),
+    (["pretrain", *S("d_model=30", "n_heads=2")], "d_model / n_heads = 15 must be even"),
     (["pretrain", *S("eval_fraction=1")], "eval_fraction must be in [0, 1)"),
     (["sft", *S("eval_fraction=1")], "eval_fraction must be in [0, 1)"),
     (["reward", *S("eval_fraction=1.5")], "eval_fraction must be in [0, 1)"),

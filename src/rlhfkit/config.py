@@ -105,6 +105,9 @@ def _relations(cfg: Any) -> list[tuple[str, str]]:
     d, h, kv = get("d_model"), get("n_heads"), get("n_kv_heads")
     if isinstance(d, int) and isinstance(h, int) and h > 0 and d % h:
         bad.append(("n_heads", f"n_heads={h} must divide d_model={d}"))
+    elif isinstance(d, int) and isinstance(h, int) and h > 0 and (d // h) % 2:
+        # rotary embeddings turn each head's dimensions in pairs
+        bad.append(("n_heads", f"d_model / n_heads = {d // h} must be even (rotary embeddings rotate pairs)"))
     if isinstance(h, int) and isinstance(kv, int) and kv > 0 and h % kv:
         bad.append(("n_kv_heads", f"n_kv_heads={kv} must divide n_heads={h}"))
     return bad
