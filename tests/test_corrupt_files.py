@@ -200,3 +200,22 @@ def test_full_disk_keeps_the_last_checkpoint_and_resumes(run_copy, tiny_data, ti
     assert rc == 0 and "resuming at step 4" in out, err
     steps = [json.loads(x)["step"] for x in (run_copy / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_space_left_is_one_line_and_leaves_nothing_behind(tmp_path, tiny_data):
+    """A real ENOSPC: a one-page tmpfs (root only; skipped where mounting is not allowed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "tiny"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(d)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        (d / "keep.txt").write_text("precious\n")
+        rc, _, err = run_cli("tokenizer", "--set", f"files={tiny_data['corpus']}", "--set", f"out={d / 'tok'}",
+                             "--set", "vocab_size=300")
+        one_line(rc, err, "No space left on device", "(disk full or a file size limit)")
+        assert [p.name for p in d.iterdir()] == ["keep.txt"]  # no half tokenizer, no temp dir
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)
