@@ -322,6 +322,26 @@ def test_force_writes_into_a_foreign_dir_and_deletes_nothing(ws, tmp_path, monke
                  "--set", "min_frequency=1"]) == 0
 
 
+def wrong_length(prompts, completions, **_):
+    """A reward function with a bug a user makes: one score for the whole batch."""
+    return [0.0]
+
+
+def test_rl_run_failing_at_its_first_step_leaves_nothing(ws, monkeypatch):
+    """The stage has written config.toml, metrics.jsonl and samples.jsonl when the reward
+    function fails on the first rollout: `out` must be gone again."""
+    monkeypatch.chdir(ws)
+    before = _tree(ws)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["grpo", *S(LM, "prompts=prompts.jsonl", "reward=test_cli_fuzz:wrong_length", "out=runs/r/grpo",
+                              "max_steps=1", "prompts_per_step=1", "group_size=2", "max_new_tokens=4",
+                              "micro_batch_size=2", "threads=1")])
+    assert rc == 2 and "reward wrong_length returned 1 values for 2 completions" in err.getvalue(), err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert _tree(ws) == before  # runs/, runs/r/, runs/r/grpo/ and their files all removed
+
+
 # ---- real processes: what a shell sees
 
 @pytest.mark.parametrize("args,expect", [(["sft", "--set", "out="], "out must not be empty")])
