@@ -56,10 +56,9 @@ def fixed(tmp_path_factory):
     return d
 
 
-def _run(module, sets, name=None):
+def _run(stage, sets):
     from rlhfkit.config import load_config
 
-    stage = module.STAGES[name] if name else module
     stage.run(load_config(stage.Config, sets=sets))
 
 
@@ -98,19 +97,19 @@ def _ppo(d, out):
 def _grpo(d, out):  # one optimizer step per rollout: the path that skips the old-logprob forward
     from rlhfkit.stages import grpo
 
-    _run(grpo, _rl_sets(d, out) + ["kl_coef=0.1"], "grpo")
+    _run(grpo, _rl_sets(d, out) + ["kl_coef=0.1"])
 
 
 def _grpo_epochs(d, out):  # two passes: the ratio moves away from 1, old logprobs from the rollout
     from rlhfkit.stages import grpo
 
-    _run(grpo, _rl_sets(d, out) + ["ppo_epochs=2", "loss_reduction=token", "micro_batch_size=2"], "grpo")
+    _run(grpo, _rl_sets(d, out) + ["ppo_epochs=2", "loss_reduction=token", "micro_batch_size=2"])
 
 
 def _rloo(d, out):
-    from rlhfkit.stages import grpo
+    from rlhfkit.stages import rloo
 
-    _run(grpo, _rl_sets(d, out) + ["ppo_epochs=2", "kl_coef=0.2", "kl_controller=adaptive", "kl_target=0.01"], "rloo")
+    _run(rloo, _rl_sets(d, out) + ["ppo_epochs=2", "kl_coef=0.2", "kl_controller=adaptive", "kl_target=0.01"])
 
 
 STAGES = {"pretrain": _pretrain, "sft": _sft, "ppo": _ppo, "grpo": _grpo, "grpo_epochs": _grpo_epochs,

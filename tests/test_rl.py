@@ -198,10 +198,11 @@ def test_grpo_sigkill_resume_is_exact(tiny_base, rl_data, tmp_path):
 
 
 def _run_inprocess(sets_: list[str], name: str):
-    from rlhfkit.config import load_config
-    from rlhfkit.stages import grpo
+    import importlib
 
-    stage = grpo.STAGES[name]
+    from rlhfkit.config import load_config
+
+    stage = importlib.import_module(f"rlhfkit.stages.{name}")
     stage.run(load_config(stage.Config, sets=sets_))
 
 
@@ -260,7 +261,7 @@ def test_gold_is_logged_beside_the_proxy_and_never_trains(tiny_base, rl_data, tm
 
 
 def _shared_prompt_experience():
-    from rlhfkit import rl
+    from rlhfkit.rl.rollout import Experience
 
     # 2 distinct prompts (lengths 4 and 2, so the second is left-padded) x 3 samples each;
     # responses of 7, 4 and 2 tokens (right-padded), in an order that interleaves the groups
@@ -268,7 +269,7 @@ def _shared_prompt_experience():
     tokens = torch.randint(4, 300, (6, 7), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(6, 7, dtype=torch.bool)
     mask[1, 4:] = mask[4, 2:] = False
-    return rl.Experience(pids, tokens.masked_fill(~mask, 0), mask, None, None, None, None, None, None, {})
+    return Experience(pids, tokens.masked_fill(~mask, 0), mask)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -277,8 +278,8 @@ def test_shared_prompt_forward_equals_the_plain_forward(lora):
     # indexed out to the rows: logits and gradients must equal the plain full-batch forward
     from transformers import LlamaForCausalLM
 
-    from rlhfkit import rl
     from rlhfkit.models import add_lora, tiny_llama_config
+    from rlhfkit.rl.rollout import plain_response_logits, response_logits
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
@@ -287,12 +288,12 @@ def test_shared_prompt_forward_equals_the_plain_forward(lora):
     inp = _shared_prompt_experience().inputs(range(6))
     m = inp["mask"][..., None]
     grads = []
-    for fn in (rl.response_logits, rl._plain_response_logits):
+    for fn in (response_logits, plain_response_logits):
         model.zero_grad()
         logits = fn(model, inp, 0.7)
         (logits * m).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
-        if fn is rl.response_logits:
+        if fn is response_logits:
             shared = logits.detach()
     assert shared.shape == (6, 7, 300)  # (rows, longest response, vocab)
     assert torch.allclose(shared * m, logits.detach() * m, atol=1e-5)  # ~4e-7 seen: fp32 rounding
