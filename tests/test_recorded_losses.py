@@ -14,7 +14,6 @@ import json
 import os
 
 import pytest
-
 from conftest import metrics
 
 RECORD = os.environ.get("RLHFKIT_RECORD") == "1"

@@ -22,10 +22,10 @@ goes into each checkpoint and guard.load_state_dict(d) restores it on resume.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -64,7 +64,7 @@ class Algorithm:
 def run(cfg: RLConfig, algo: Algorithm, guard=None) -> None:
     from rlhfkit.models import count_parameters, eos_token_ids, save_model
 
-    rank, world = distributed.setup()
+    _, world = distributed.setup()
     if cfg.kl_controller not in KL_CONTROLLERS or cfg.kl_estimator not in KL_ESTIMATORS:
         raise UserError(f"kl_controller must be one of {', '.join(KL_CONTROLLERS)} and kl_estimator one of "
                         f"{', '.join(KL_ESTIMATORS)}")

@@ -199,7 +199,7 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
     m, sampler_lp = local.mask, torch.cat(sampler_lp)
     if not old_logprobs:
         old_lp = sampler_lp  # for the KL metric only (sampler and trainer agree to ~1e-6)
-    zero_pad = lambda x: torch.where(m, x, 0.0)  # noqa: E731
+    zero_pad = lambda x: torch.where(m, x, 0.0)
     g = {k: gather_rows(v) for k, v in {
         "tokens": local.tokens, "mask": m, "finished": torch.cat(finished), "rewards": rewards,
         "old_logprobs": zero_pad(old_lp), "ref_logprobs": zero_pad(ref_lp), "values": zero_pad(values),

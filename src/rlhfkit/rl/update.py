@@ -4,7 +4,7 @@ micro-batches whose losses add up to the global minibatch's loss exactly (any nu
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

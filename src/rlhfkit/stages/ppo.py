@@ -23,10 +23,10 @@ Writes what grpo writes; the checkpoint holds the critic too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
