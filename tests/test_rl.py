@@ -312,3 +312,76 @@ def test_grpo_single_update_skips_the_old_forward_and_still_logs_entropy(tiny_ba
         assert row["grpo/clipfrac"] == 0.0 and abs(row["grpo/approx_kl"]) < 1e-6  # ratio == 1
         assert row["policy/entropy"] > 0.1  # a tiny random model is far from deterministic
         assert row["rollout/logprob_gap"] < 1e-4  # sampler vs training forward (~1e-7 typical)
+
+
+# ----------------------------------------------------------------------------- the guard's hook
+
+
+class StopAt:
+    """A guard as the loop sees one: records every call, logs guard/evals (its state: how many
+    evals it has seen, so a resume that lost the state would log the wrong count) and stops the
+    run at `stop_step`."""
+
+    def __init__(self, stop_step: int | None = None):
+        self.stop_step, self.evals, self.calls, self.loaded = stop_step, 0, [], None
+
+    def on_eval(self, step, records, samples, step_metrics):
+        self.evals += 1
+        self.calls.append({"step": step, "prompts": [r["prompt"] for r in records], "samples": samples,
+                           "metrics": dict(step_metrics)})
+        return {"guard/evals": float(self.evals)}, step == self.stop_step
+
+    def state_dict(self) -> dict:
+        return {"evals": self.evals}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.loaded, self.evals = dict(d), d["evals"]
+
+
+def _guarded(tiny_base, rl_data, out, guard, steps):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import grpo
+
+    sets_ = [f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}", f"eval_prompts={rl_data / 'eval.jsonl'}",
+             f"out={out}", "reward=test_rl:letter_share", f"max_steps={steps}", "prompts_per_step=2",
+             "group_size=2", "max_new_tokens=6", "micro_batch_size=4", "eval_every=1", "learning_rate=1e-2",
+             "threads=1"]
+    grpo.run(load_config(grpo.Config, sets=sets_), guard=guard)
+    return metrics(out / "metrics.jsonl"), [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_guard_is_called_at_every_eval_and_its_stop_ends_the_run(tiny_base, rl_data, tmp_path):
+    out, guard = tmp_path / "stopped", StopAt(stop_step=2)
+    rows, samples = _guarded(tiny_base, rl_data, out, guard, steps=4)
+    # called at step 0 (the starting policy) and at every eval (eval_every=1) until it said stop
+    assert [c["step"] for c in guard.calls] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["guard/evals"] for r in rows] == [1.0, 2.0, 3.0]
+    prompts = [f"What is {i} + 20?" for i in range(4)]  # eval.jsonl's 4 records, in order
+    for c in guard.calls:
+        assert c["prompts"] == prompts and [s["prompt"] for s in c["samples"]] == prompts  # aligned
+        assert all(s["step"] == c["step"] and isinstance(s["response"], str) for s in c["samples"])
+    # the samples it saw are samples.jsonl's lines, every eval's, the same prompts each time
+    assert samples == [s for c in guard.calls for s in c["samples"]] and len(samples) == 3 * 4
+    # step metrics so far: eval/ only before training; the rollout's and the KL's afterwards
+    assert "eval/reward_mean" in guard.calls[0]["metrics"] and "rollout/reward_mean" not in guard.calls[0]["metrics"]
+    assert {"rollout/reward_mean", "policy/kl_ref", "eval/reward_mean"} <= set(guard.calls[2]["metrics"])
+    # stopped after step 2 of 4: saved as a last step is (the model, a checkpoint with the guard's state)
+    assert (out / "model.safetensors").is_file()
+    state = torch.load(out / "checkpoints" / "step-0000002" / "state.pt", weights_only=False)
+    assert state["extra"]["guard"] == {"evals": 3} and state["extra"]["stopped"] is True
+    # the same command again does not train past the stop: it restores the guard and ends
+    again = StopAt(stop_step=2)
+    rows2, _ = _guarded(tiny_base, rl_data, out, again, steps=4)
+    assert again.loaded == {"evals": 3} and again.calls == [] and [r["step"] for r in rows2] == [0, 1, 2]
+
+
+def test_guard_state_survives_a_resume(tiny_base, rl_data, tmp_path):
+    straight = StopAt()
+    rows, samples = _guarded(tiny_base, rl_data, tmp_path / "straight", straight, steps=3)
+    _guarded(tiny_base, rl_data, tmp_path / "resumed", StopAt(), steps=2)  # max_steps may grow on resume
+    resumed = StopAt()
+    rows_r, samples_r = _guarded(tiny_base, rl_data, tmp_path / "resumed", resumed, steps=3)
+    assert resumed.loaded == {"evals": 3}  # evals 0, 1, 2 before the stop
+    assert [c["step"] for c in resumed.calls] == [3] and resumed.evals == straight.evals == 4
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]  # noqa: E731
+    assert strip(rows_r) == strip(rows) and samples_r == samples
