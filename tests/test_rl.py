@@ -102,14 +102,29 @@ def test_reward_specs(rl_data):
         resolve_reward("math").check([{"prompt": "hi"}], "p.jsonl")
 
 
-def test_rm_reward_is_mean_minus_k_std(rl_data):
+def test_rm_reward_is_mean_minus_k_std(rl_data, tiny_base, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from rlhfkit.rewards.rm import RewardScorer
     from rlhfkit.rewards.spec import resolve_reward
 
-    recs = records(rl_data)
-    got = resolve_reward(f"rm:{rl_data / 'rm'}", rm_uncertainty_k=2.0)(recs, ["3", "five"])[:, 0]
-    mean, std = RewardScorer.load(rl_data / "rm").score([x["messages"] for x in recs], ["3", "five"])
-    assert torch.allclose(got, mean - 2.0 * std)  # one model: std is 0, so this is its score
+    # an ensemble of two members whose random score heads disagree
+    ens, tok = tmp_path / "ens", AutoTokenizer.from_pretrained(tiny_base)
+    for m in range(2):
+        torch.manual_seed(m)
+        rm = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+        rm.config.pad_token_id = tok.pad_token_id
+        rm.save_pretrained(ens / f"member-{m}")
+        tok.save_pretrained(ens / f"member-{m}")
+    (ens / "ensemble.json").write_text(json.dumps({"members": ["member-0", "member-1"]}))
+    recs, texts = records(rl_data), ["3", "five"]
+    got = resolve_reward(f"rm:{ens}", rm_uncertainty_k=2.0)(recs, texts)[:, 0]
+    # each member scored on its own: mean and the unbiased std of two values, |a - b| / sqrt(2)
+    a, b = (RewardScorer.load(ens / f"member-{m}").score([x["messages"] for x in recs], texts)[0] for m in range(2))
+    mean, std = (a + b) / 2, (a - b).abs() / 2 ** 0.5
+    assert (std > 1e-3).all()  # the members disagree, so k * std moves the reward
+    assert torch.allclose(got, mean - 2.0 * std, atol=1e-5)
+    assert torch.allclose(resolve_reward(f"rm:{ens}")(recs, texts)[:, 0], mean, atol=1e-5)  # k = 0: the mean
 
 
 # ----------------------------------------------------------------------------- stages
