@@ -361,7 +361,12 @@ def _guarded(tiny_base, rl_data, out, guard, steps):
              f"out={out}", "reward=test_rl:letter_share", f"max_steps={steps}", "prompts_per_step=2",
              "group_size=2", "max_new_tokens=6", "micro_batch_size=4", "eval_every=1", "learning_rate=1e-2",
              "threads=1"]
-    grpo.run(load_config(grpo.Config, sets=sets_), guard=guard)
+
+    def make_guard(policy, tokenizer, is_main):
+        # built once the policy exists: a real guard saves the policy it would ship
+        guard.built_with = (type(policy).__name__, tokenizer.pad_token, is_main)
+        return guard
+    grpo.run(load_config(grpo.Config, sets=sets_), make_guard=make_guard)
     return metrics(out / "metrics.jsonl"), [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
 
 
@@ -370,6 +375,7 @@ def test_guard_is_called_at_every_eval_and_its_stop_ends_the_run(tiny_base, rl_d
     rows, samples = _guarded(tiny_base, rl_data, out, guard, steps=4)
     # called at step 0 (the starting policy) and at every eval (eval_every=1) until it said stop
     assert [c["step"] for c in guard.calls] == [0, 1, 2]
+    assert guard.built_with == ("LlamaForCausalLM", "<|pad|>", True)
     assert [r["step"] for r in rows] == [0, 1, 2] and [r["guard/evals"] for r in rows] == [1.0, 2.0, 3.0]
     prompts = [f"What is {i} + 20?" for i in range(4)]  # eval.jsonl's 4 records, in order
     for c in guard.calls:

@@ -10,7 +10,10 @@ checkpoint. Nothing about a step depends on state other than the weights, AdamW'
 the KL coefficient (and the guard's state), so checkpoints resume bitwise (CPU) and N
 processes compute what 1 does.
 
-The guard (optional) is called at every eval, step 0 (the starting policy) included:
+The guard (optional) is built once the policy exists, by the stage's factory
+    guard = make_guard(policy=policy, tokenizer=tokenizer, is_main=rank == 0)   (None: no guard)
+(so that it can save the policy it would ship), and called at every eval, step 0 (the
+starting policy) included:
     metrics, stop = guard.on_eval(step, records, samples, step_metrics)
 records: the eval prompt records; samples: one per record, aligned with them ({"step",
 "prompt", "response", "reward"} + "gold" with a gold key), the lines samples.jsonl gets, the
@@ -61,10 +64,10 @@ class Algorithm:
     old_logprobs: bool = True
 
 
-def run(cfg: RLConfig, algo: Algorithm, guard=None) -> None:
+def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> None:
     from rlhfkit.models import count_parameters, eos_token_ids, save_model
 
-    _, world = distributed.setup()
+    rank, world = distributed.setup()
     if cfg.kl_controller not in KL_CONTROLLERS or cfg.kl_estimator not in KL_ESTIMATORS:
         raise UserError(f"kl_controller must be one of {', '.join(KL_CONTROLLERS)} and kl_estimator one of "
                         f"{', '.join(KL_ESTIMATORS)}")
@@ -82,6 +85,7 @@ def run(cfg: RLConfig, algo: Algorithm, guard=None) -> None:
     records = load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])
+    guard = make_guard(policy=policy, tokenizer=tokenizer, is_main=rank == 0) if make_guard is not None else None
     if guard is not None and not eval_records:
         raise UserError("the guard watches the evals: set `eval_prompts`")
 

@@ -72,9 +72,9 @@ def clipped_loss(model, mb: dict, kl_coef: float, name: str, clip: float, clip_h
                              for k, v in met.items()}, **extra}
 
 
-def run(cfg: Config, guard=None) -> None:
+def run(cfg: Config, make_guard=None) -> None:
     check(cfg, "grpo")
-    loop.run(cfg, guard=guard, algo=loop.Algorithm(
+    loop.run(cfg, make_guard=make_guard, algo=loop.Algorithm(
         name="grpo",
         advantages=partial(grpo_advantages, scale_rewards=cfg.scale_rewards, group_size=cfg.group_size),
         loss=partial(clipped_loss, name="grpo", clip=cfg.clip, clip_high=cfg.clip_high, reduction=cfg.loss_reduction,

@@ -147,8 +147,8 @@ def ppo_loss(model: ActorCritic, mb: dict, kl_coef: float, clip: float, clip_hig
     return pg + vf_coef * vf, {**pm, **vm}
 
 
-def run(cfg: Config, guard=None) -> None:
-    loop.run(cfg, guard=guard, algo=loop.Algorithm(
+def run(cfg: Config, make_guard=None) -> None:
+    loop.run(cfg, make_guard=make_guard, algo=loop.Algorithm(
         name="ppo",
         model=partial(actor_critic, value_init=cfg.value_init, model_spec=cfg.model, seed=cfg.seed,
                       temperature=cfg.temperature),

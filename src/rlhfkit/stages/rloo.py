@@ -50,11 +50,11 @@ def rloo_loss(model, mb: dict, kl_coef: float, **kw) -> tuple[torch.Tensor, dict
     return clipped_loss(model, mb, 0.0, **kw)  # the KL is in the reward already
 
 
-def run(cfg: Config, guard=None) -> None:
+def run(cfg: Config, make_guard=None) -> None:
     if cfg.advantage not in BASELINES:
         raise UserError(f"advantage '{cfg.advantage}': choose {' or '.join(BASELINES)}")
     check(cfg, "rloo", needs_group=cfg.advantage == "rloo")  # REINFORCE++ has no group baseline
-    loop.run(cfg, guard=guard, algo=loop.Algorithm(
+    loop.run(cfg, make_guard=make_guard, algo=loop.Algorithm(
         name="rloo",
         advantages=partial(rloo_advantages, advantage=cfg.advantage, kl_estimator=cfg.kl_estimator,
                            group_size=cfg.group_size),
