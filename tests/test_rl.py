@@ -17,7 +17,9 @@ from conftest import metrics
 
 # the real CLI entry point (UserError -> one line, exit 2)
 RUNNER = "import sys; from rlhfkit.cli import main; sys.exit(main(sys.argv[1:]))"
-ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(Path(__file__).parent)}
+# the tests' directory (for reward=test_rl:...) before whatever PYTHONPATH already holds (a checkout's src)
+ENV = {"TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}
 
 
 def cli(*args, check=True, env=None, timeout=300):
@@ -406,3 +408,46 @@ def test_guard_state_survives_a_resume(tiny_base, rl_data, tmp_path):
     assert [c["step"] for c in resumed.calls] == [3] and resumed.evals == straight.evals == 4
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]  # noqa: E731
     assert strip(rows_r) == strip(rows) and samples_r == samples
+
+
+GUARD_SCRIPT = """
+import json, os, sys
+from rlhfkit.config import load_config
+from rlhfkit.stages import grpo
+
+class Seen:  # a guard that only keeps what it was shown
+    samples = []
+    def on_eval(self, step, records, samples, step_metrics):
+        self.samples += samples
+        return {}, False
+    def state_dict(self):
+        return {}
+    def load_state_dict(self, d):
+        pass
+
+guard, sets_ = Seen(), sys.argv[1:]
+grpo.run(load_config(grpo.Config, sets=sets_), make_guard=lambda **_: guard)
+out = [s[4:] for s in sets_ if s.startswith("out=")][0]
+with open(os.path.join(out, f"seen-{os.environ.get('RANK', '0')}.json"), "w") as f:
+    json.dump(guard.samples, f)
+"""
+
+
+def test_guard_sees_every_eval_sample_in_record_order_on_every_rank(tiny_base, rl_data, tmp_path):
+    # 4 eval prompts in generate calls of 2: on 2 processes rank 0 samples records 0-1 and rank 1
+    # records 2-3; every rank's guard must see all 4, in record order, as samples.jsonl holds them
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARD_SCRIPT)
+    args = lambda out: [f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}",  # noqa: E731
+                        f"eval_prompts={rl_data / 'eval.jsonl'}", f"out={out}", "reward=test_rl:letter_share",
+                        "max_steps=1", "prompts_per_step=2", "group_size=2", "generation_batch_size=2",
+                        "max_new_tokens=6", "micro_batch_size=2"]
+    _torchrun(script, *args(tmp_path / "two"))
+    subprocess.run([sys.executable, str(script), *args(tmp_path / "one")], check=True, timeout=300,
+                   env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    seen = [json.loads((tmp_path / "two" / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    logged = [json.loads(x) for x in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    assert seen[0] == seen[1] == logged and len(logged) == 2 * 4  # evals at steps 0 and 1
+    assert [s["prompt"] for s in logged] == [f"What is {i} + 20?" for i in range(4)] * 2
+    one = json.loads((tmp_path / "one" / "seen-0.json").read_text())
+    assert [(s["prompt"], s["response"]) for s in one] == [(s["prompt"], s["response"]) for s in logged]
