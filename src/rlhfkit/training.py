@@ -171,7 +171,8 @@ class Checkpoints:
             diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
             raise UserError(f"{path}: checkpoint was made with other settings ({', '.join(diff)}); "
                             f"use a new `out` or delete {self.dir} to start over")
-        missing, unexpected = _base(model).load_state_dict(state["model"], strict=False)
+        # strict=False: a LoRA checkpoint holds the adapters only (the base stays as loaded)
+        _, unexpected = _base(model).load_state_dict(state["model"], strict=False)
         if unexpected:
             raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")
         optimizer.load_state_dict(state["optimizer"])

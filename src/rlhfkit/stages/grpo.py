@@ -41,8 +41,9 @@ class Config(RLConfig):
     scale_rewards: bool = key(True, "divide advantages by the group's std (false: Dr. GRPO)")
 
 
-def check(cfg: RLConfig, name: str, needs_group: bool = True) -> None:
-    """The checks GRPO and RLOO share: a known reduction, and a group to take the baseline from."""
+def check(cfg, name: str, needs_group: bool = True) -> None:
+    """The checks GRPO and RLOO share (cfg: either's Config): a known reduction, and a group to
+    take the baseline from."""
     if cfg.loss_reduction not in GRPO_REDUCTIONS:
         raise UserError(f"loss_reduction '{cfg.loss_reduction}': choose from {', '.join(GRPO_REDUCTIONS)}")
     if needs_group and cfg.group_size < 2:
