@@ -83,23 +83,35 @@ def micro_batch_split(batch_size: int, micro_batch_size: int, world: int) -> int
     return per_rank // micro_batch_size
 
 
-def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> float:
-    """Forward/backward each micro-batch, gradients summing in .grad; -> this rank's loss.
+def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> tuple[float, dict[str, float]]:
+    """Forward/backward each micro-batch, gradients summing in .grad; -> (this rank's loss, metrics).
 
-    `loss_fn(model, micro_batch)` must already divide by the token count of the *global*
-    batch. DDP averages gradients over ranks, so the loss is multiplied by `world` to turn
-    that average back into the global sum. All but the last micro-batch skip DDP's
-    all-reduce (`no_sync`): one communication per optimizer step.
+    `loss_fn(model, micro_batch) -> (loss, metrics)`, the loss already divided by the token count
+    of the *global* batch. DDP averages gradients over ranks, so the loss is multiplied by
+    `world` to turn that average back into the global sum. All but the last micro-batch skip
+    DDP's all-reduce (`no_sync`): one communication per optimizer step. Metrics: keys ending in
+    "loss" add up over the micro-batches (each is its share already), the others average.
     """
     total = 0.0
+    metrics: dict[str, float] = {}
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         ctx = model.no_sync() if (hasattr(model, "no_sync") and not last) else contextlib.nullcontext()
         with ctx:
-            loss = loss_fn(model, mb)
+            loss, met = loss_fn(model, mb)
             (loss * world).backward()
         total += float(loss.detach())
-    return total
+        for k, v in met.items():
+            metrics[k] = metrics.get(k, 0.0) + (v if k.endswith("loss") else v / len(micro_batches))
+    return total, metrics
+
+
+def set_lr(optimizer, step: int, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Set every parameter group's learning rate to `lr_at(step, ...)`; -> that rate."""
+    rate = lr_at(step, lr, warmup_steps, max_steps, min_lr_ratio)
+    for g in optimizer.param_groups:
+        g["lr"] = rate
+    return rate
 
 
 class Checkpoints:
@@ -140,6 +152,15 @@ class Checkpoints:
             # for tests and for "stop cleanly here": exits as a kill right after a save would
             os._exit(3)
 
+    def resume(self, model, optimizer) -> tuple[int, dict]:
+        """Load the latest checkpoint into model and optimizer, if there is one; -> (its step, the
+        `extra` dict it was saved with), or (0, {}) for a fresh start."""
+        latest = self.latest()
+        if latest is None:
+            return 0, {}
+        state = self.load(latest, model, optimizer)
+        return state["step"], state["extra"]
+
     def load(self, path: Path, model, optimizer) -> dict:
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
@@ -150,7 +171,8 @@ class Checkpoints:
             diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
             raise UserError(f"{path}: checkpoint was made with other settings ({', '.join(diff)}); "
                             f"use a new `out` or delete {self.dir} to start over")
-        missing, unexpected = _base(model).load_state_dict(state["model"], strict=False)
+        # strict=False: a LoRA checkpoint holds the adapters only (the base stays as loaded)
+        _, unexpected = _base(model).load_state_dict(state["model"], strict=False)
         if unexpected:
             raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")
         optimizer.load_state_dict(state["optimizer"])
