@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -193,6 +194,11 @@ def _oasst_groups(node: dict, path: list[dict], where: str, tree_id: str) -> Ite
                         "'prompter' or 'assistant'")
     path = path + [{"role": _OASST_ROLE[node["role"]], "content": node["text"]}]
     kids = [k for k in node.get("replies") or [] if not k.get("deleted")]
+    for k in kids:
+        rank = k.get("rank")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise UserError(f"{k.get('_where', where)}: OASST message {k.get('message_id')!r}: 'rank' must be a "
+                            f"whole number >= 0 (0 = best), got {rank!r}")
     ranked = sorted((k for k in kids if k.get("rank") is not None and k.get("role") == "assistant"),
                     key=lambda k: k["rank"])
     if len(ranked) >= 2:
@@ -263,10 +269,37 @@ def read_preferences(path: str | Path, format: str = "auto") -> list[dict]:
         yield first
         yield from lines
 
-    records = list(READERS[format](chained()))
+    records = _distinct(list(READERS[format](chained())), path)
     if not records:
         raise UserError(f"{path}: no ranked groups in this {format} file")
     return records
+
+
+def _distinct(records: list[dict], path: Path) -> list[dict]:
+    """Refuse rankings that list one response twice; drop pairs whose two sides are the same text.
+
+    A K-way ranking (K > 2) that repeats a response puts one text in two places: the file is
+    wrong, so it is refused at that line. A pair with chosen == rejected says nothing, and real
+    sets (HH-RLHF) hold a few: those are dropped with a note, unless every pair is one."""
+    kept, same = [], []
+    for r in records:
+        resp = r["responses"]
+        if len(set(resp)) == len(resp):
+            kept.append(r)
+            continue
+        where = f"{r['meta']['file']}:{r['meta']['line']}"
+        if len(resp) > 2:
+            first = next(i for i, t in enumerate(resp) if resp.index(t) != i)
+            raise UserError(f"{where}: the ranking lists the same response twice (places {resp.index(resp[first]) + 1}"
+                            f" and {first + 1} of {len(resp)}: {resp[first][:40]!r})")
+        same.append(where)
+    if same and not kept:
+        raise UserError(f"{same[0]}: chosen and rejected are the same text, in every one of the {len(same)} "
+                        f"records of {path}: there is no preference to learn")
+    if same:
+        print(f"{path}: dropped {len(same)} of {len(records)} pairs whose chosen and rejected are the same text "
+              f"(first at {same[0]})", file=sys.stderr)
+    return kept
 
 
 # ------------------------------------------------------------------------------ writers

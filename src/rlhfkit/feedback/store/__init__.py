@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from rlhfkit.feedback.store.annotators import Annotators
 from rlhfkit.feedback.store.base import StoreBase, hash_token
-from rlhfkit.feedback.store.errors import Conflict, InvalidRanking, NotFound, StoreError
+from rlhfkit.feedback.store.errors import Conflict, InvalidRanking, NotFound, StoreError, Unavailable
 from rlhfkit.feedback.store.imports import Imports
 from rlhfkit.feedback.store.rankings import Rankings
-from rlhfkit.feedback.store.schema import (KINDS, SCHEMA_VERSION, SOURCES, annotators, md, prompts, rankings,
-                                           responses, schema_version, skips, task_responses, tasks)
+from rlhfkit.feedback.store.schema import (KINDS, SCHEMA_VERSION, SOURCES, annotators, md, offers, prompts,
+                                           rankings, responses, schema_version, skips, task_responses,
+                                           tasks)
 from rlhfkit.feedback.store.tasks import Tasks
 
-__all__ = ["FeedbackStore", "StoreError", "NotFound", "InvalidRanking", "Conflict", "hash_token",
+__all__ = ["FeedbackStore", "StoreError", "NotFound", "InvalidRanking", "Conflict", "Unavailable", "hash_token",
            "SCHEMA_VERSION", "SOURCES", "KINDS", "md", "schema_version", "prompts", "responses", "tasks",
-           "task_responses", "annotators", "rankings", "skips"]
+           "task_responses", "annotators", "rankings", "skips", "offers"]
 
 
 class FeedbackStore(Tasks, Annotators, Rankings, Imports, StoreBase):

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from rlhfkit.feedback.store.errors import StoreError
+from rlhfkit.feedback.store.errors import StoreError, Unavailable
 from rlhfkit.feedback.store.schema import create_engine, open_schema
 
 
@@ -58,7 +58,7 @@ class StoreBase:
             with self.engine.connect().execution_options(write=True) as conn, conn.begin():
                 yield conn
         except sa.exc.OperationalError as e:
-            raise StoreError(f"{self._where()}: database error ({str(e.orig).splitlines()[0]})") from None
+            raise Unavailable(f"{self._where()}: database error ({str(e.orig).splitlines()[0]})") from None
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -66,7 +66,7 @@ class StoreBase:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except sa.exc.OperationalError as e:
-            raise StoreError(f"{self._where()}: database error ({str(e.orig).splitlines()[0]})") from None
+            raise Unavailable(f"{self._where()}: database error ({str(e.orig).splitlines()[0]})") from None
 
     def _where(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)

@@ -17,3 +17,7 @@ class InvalidRanking(StoreError):  # 422
 
 class Conflict(StoreError):  # 409
     pass
+
+
+class Unavailable(StoreError):  # 503: the database failed (down, locked past the timeout, disk full), not the client
+    pass

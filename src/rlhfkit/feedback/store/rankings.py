@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.feedback.store.base import iso
 from rlhfkit.feedback.store.errors import Conflict, InvalidRanking, NotFound, StoreError
-from rlhfkit.feedback.store.schema import (SOURCES, annotators, prompts, rankings, responses, skips, task_responses,
+from rlhfkit.feedback.store.schema import (SOURCES, annotators, offers, prompts, rankings, responses, skips, task_responses,
                                            tasks)
 
 
@@ -18,9 +18,12 @@ class Rankings:
     """Rankings in and out of a FeedbackStore (needs StoreBase's _read/_write)."""
 
     def submit_ranking(self, task_id: int, annotator_id: int, order: list[int], all_bad: bool = False,
-                       seconds: float | None = None, source: str = "human", tie: bool = False) -> tuple[int, bool]:
+                       seconds: float | None = None, source: str = "human", tie: bool = False,
+                       offered_only: bool = False) -> tuple[int, bool]:
         """Store one ranking (response ids best -> worst); -> (ranking_id, created). Exactly once per
-        (task, annotator): the same order again returns the stored id; a different order is a Conflict."""
+        (task, annotator): the same order again returns the stored id; a different order is a Conflict.
+        Also a Conflict: a task that already has its `overlap` rankings, one this annotator skipped, and
+        (with `offered_only`, as the web API asks) one that next_task never offered to this annotator."""
         if source not in SOURCES:
             raise StoreError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         try:
@@ -29,7 +32,7 @@ class Rankings:
             raise InvalidRanking(f"task {task_id}: the order must be a list of response ids, got {order!r}") from None
         try:
             with self._write() as conn:
-                rid = self._submit(conn, task_id, annotator_id, order, all_bad, seconds, source, tie)
+                rid = self._submit(conn, task_id, annotator_id, order, all_bad, seconds, source, tie, offered_only)
                 if isinstance(rid, tuple):
                     return rid
                 return rid, True
@@ -38,9 +41,12 @@ class Rankings:
             with self._read() as conn:
                 return self._existing(conn, task_id, annotator_id, order)
 
-    def _submit(self, conn, task_id, annotator_id, order, all_bad, seconds, source, tie):
-        kind = conn.execute(sa.select(tasks.c.kind).where(tasks.c.id == task_id)).scalar()
-        if kind is None:
+    def _submit(self, conn, task_id, annotator_id, order, all_bad, seconds, source, tie, offered_only):
+        # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers): two annotators
+        # racing for a task's last place queue here, so the overlap count below cannot be overtaken
+        task = conn.execute(sa.select(tasks.c.kind, tasks.c.overlap).where(tasks.c.id == task_id)
+                            .with_for_update()).first()
+        if task is None:
             raise NotFound(f"task {task_id} not found")
         if conn.execute(sa.select(annotators.c.id).where(annotators.c.id == annotator_id)).first() is None:
             raise NotFound(f"annotator {annotator_id} not found")
@@ -54,6 +60,17 @@ class Rankings:
         if conn.execute(sa.select(rankings.c.id).where(rankings.c.task_id == task_id,
                                                        rankings.c.annotator_id == annotator_id)).first():
             return self._existing(conn, task_id, annotator_id, order)
+        mine = (skips.c.task_id == task_id, skips.c.annotator_id == annotator_id)
+        if conn.execute(sa.select(skips.c.task_id).where(*mine)).first():
+            raise Conflict(f"task {task_id}: annotator {annotator_id} skipped it; a skipped task takes no ranking")
+        n = conn.execute(sa.select(sa.func.count()).select_from(rankings).where(rankings.c.task_id == task_id)).scalar()
+        if n >= task.overlap:
+            raise Conflict(f"task {task_id} is full: it has its {task.overlap} ranking{'s' * (task.overlap > 1)} "
+                           "(overlap); ask for the next task")
+        if offered_only and conn.execute(sa.select(offers.c.task_id).where(
+                offers.c.task_id == task_id, offers.c.annotator_id == annotator_id)).first() is None:
+            raise Conflict(f"task {task_id} was never offered to annotator {annotator_id}: rank the task "
+                           "that /api/tasks/next gives you")
         return conn.execute(rankings.insert().values(
             task_id=task_id, annotator_id=annotator_id, ranked_ids=order, all_bad=bool(all_bad), tie=bool(tie),
             seconds=None if seconds is None else float(seconds), source=source, created_at=time.time(),

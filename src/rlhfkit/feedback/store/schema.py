@@ -8,7 +8,9 @@
     rankings(id, task_id, annotator_id, ranked_ids best->worst, all_bad, tie, seconds, source)
                                                   UNIQUE(task_id, annotator_id): exactly once
     skips(task_id, annotator_id)
-    schema_version(version)
+    offers(task_id, annotator_id)                 tasks served to an annotator (only those can be ranked
+                                                  through the web API)
+    schema_version(version)                       2 (version 1 lacked offers; it is upgraded in place)
 
 Concurrency: the web app writes from many worker threads. SQLite runs in WAL mode with a
 30 s busy_timeout, and every write transaction starts with BEGIN IMMEDIATE, so writers
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from rlhfkit.feedback.store.errors import StoreError
 from rlhfkit.files import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SOURCES = ("human", "simulated", "imported", "arena")
 KINDS = ("rank", "arena")
 
@@ -54,7 +56,8 @@ tasks = sa.Table(
     sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("overlap", sa.Integer, nullable=False, default=1),
-    # content hash for imported tasks, so importing the same file twice adds nothing
+    # content hash of an imported or filled task, so importing the same file (or filling from the
+    # same prompts and settings) twice adds nothing
     sa.Column("key", sa.String(64), unique=True, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )
@@ -88,6 +91,12 @@ rankings = sa.Table(
 )
 skips = sa.Table(
     "skips", md,
+    sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+offers = sa.Table(
+    "offers", md,
     sa.Column("task_id", sa.Integer, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("annotator_id", sa.Integer, sa.ForeignKey("annotators.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -146,6 +155,10 @@ def open_schema(conn: sa.Connection, where: str) -> None:
         conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
         return
     version = conn.execute(sa.select(schema_version.c.version)).scalar()
+    if version == 1:  # version 2 only added the offers table: upgrade in place
+        md.create_all(conn, tables=[offers])
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+        return
     if version != SCHEMA_VERSION:
         newer = "a newer" if (version or 0) > SCHEMA_VERSION else "an older"
         raise StoreError(f"{where}: feedback schema version {version}, but this rlhfkit reads version "

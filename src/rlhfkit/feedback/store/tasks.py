@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from rlhfkit.feedback.store.errors import NotFound, StoreError
-from rlhfkit.feedback.store.schema import KINDS, prompts, rankings, responses, skips, task_responses, tasks
+from rlhfkit.feedback.store.schema import KINDS, offers, prompts, rankings, responses, skips, task_responses, tasks
 
 
 class Tasks:
@@ -59,12 +61,30 @@ class Tasks:
         return task_id
 
     def add_sampled(self, prompt: str, meta: dict | None, texts: list[str], model: str = "",
-                    sampling: dict | None = None, kind: str = "rank", overlap: int = 1) -> int:
+                    sampling: dict | None = None, kind: str = "rank", overlap: int = 1, key: str | None = None) -> int:
         """A prompt, its sampled responses and their ranking task in one transaction; -> task id."""
+        return self.add_sampled_many([(prompt, meta, texts, key)], model, sampling, kind, overlap)[0]
+
+    def add_sampled_many(self, items: list[tuple[str, dict | None, list[str], str | None]], model: str = "",
+                         sampling: dict | None = None, kind: str = "rank", overlap: int = 1) -> list[int]:
+        """(prompt, meta, texts, key) items, each a prompt + responses + task, all in one transaction
+        (a killed fill keeps whole batches or nothing of them); -> task ids."""
         with self._write() as conn:
-            pid = self._add_prompt(conn, prompt, meta)
-            rids = [self._add_response(conn, pid, t, model, sampling) for t in texts]
-            return self._create_task(conn, pid, rids, kind, overlap)
+            out = []
+            for prompt, meta, texts, key in items:
+                pid = self._add_prompt(conn, prompt, meta)
+                rids = [self._add_response(conn, pid, t, model, sampling) for t in texts]
+                out.append(self._create_task(conn, pid, rids, kind, overlap, key))
+            return out
+
+    def task_keys(self, keys: list[str]) -> set[str]:
+        """Those of `keys` that some task already carries (what an earlier fill or import stored)."""
+        found: set[str] = set()
+        with self._read() as conn:
+            for lo in range(0, len(keys), 500):  # bounded IN lists
+                found.update(conn.execute(sa.select(tasks.c.key).where(tasks.c.key.in_(keys[lo: lo + 500]))
+                                          ).scalars())
+        return found
 
     # ---------------------------------------------------------------- the labelling loop
 
@@ -79,10 +99,15 @@ class Tasks:
                        tasks.c.id.not_in(mine), tasks.c.id.not_in(skipped)))
 
     def next_task(self, annotator_id: int, kind: str = "rank") -> dict | None:
-        with self._read() as conn:
+        """The oldest open task for this annotator, recorded as offered to them (the web API accepts
+        rankings only for offered tasks); None when nothing is left."""
+        with self._write() as conn:
             row = conn.execute(self._open_tasks(annotator_id, kind).order_by(tasks.c.id).limit(1)).first()
             if row is None:
                 return None
+            insert = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(offers)
+            conn.execute(insert.values(task_id=row.id, annotator_id=annotator_id, created_at=time.time())
+                         .on_conflict_do_nothing())  # offered again (a reload, an undo): one row
             return self._task(conn, row.id)
 
     def task(self, task_id: int) -> dict:
