@@ -287,6 +287,25 @@ def test_cli_add_annotator_prints_token_last(tmp_path):
     assert r.returncode == 2 and "run directory not found" in r.stderr
 
 
+def test_cli_readers_need_a_store_and_export_needs_a_file(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for cmd in (["stats"], ["export", "--out", str(tmp_path / "x.jsonl")], ["simulate", "--labeler", "m:f"]):
+        assert main(["feedback", cmd[0], str(empty), *cmd[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "feedback.db: no feedback store here" in err[0], err
+    assert list(empty.iterdir()) == []  # no database created by looking
+    assert main(["feedback", "stats", str(empty), "--db", str(tmp_path / "none.db")]) == 2
+    assert not (tmp_path / "none.db").exists() and "none.db: no feedback store here" in capsys.readouterr().err
+    with FeedbackStore.for_run(tmp_path / "run") as store:
+        _fill(store, n_tasks=1)
+    assert main(["feedback", "export", str(tmp_path / "run"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a directory" in err[0], err
+    assert main(["feedback", "export", str(tmp_path / "run"), "--out", str(tmp_path / "prefs.jsonl")]) == 0
+    assert (tmp_path / "prefs.jsonl").read_text() == ""  # no rankings yet: an empty file, not an error
+
+
 @pytest.fixture(scope="module")
 def fill_model(tiny_tokenizer, tmp_path_factory):
     import transformers
