@@ -9,7 +9,7 @@ nothing from a CDN) talks to a small JSON API. The API is the public contract, d
 /docs and /openapi.json:
 
     GET  /api/me                        who am I, how far along
-    GET  /api/tasks/next                the next task (204 when none is left)
+    GET  /api/tasks/next                the next task, recorded as offered to you (204: none left)
     POST /api/tasks/{task_id}/ranking   {"order": [ids best first], "all_bad", "seconds", "tie"}
     POST /api/tasks/{task_id}/skip
     POST /api/undo                      delete my most recent ranking

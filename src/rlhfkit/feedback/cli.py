@@ -10,6 +10,8 @@
 
 The store is RUN/feedback.db (SQLite) unless `--db` (or fill's `db` key) names a database
 URL such as postgresql://user@host/rlhf. Export/import record formats: see feedback/formats.py.
+`fill` and `import` are idempotent: run again, they add only what is not in the store yet (a
+killed fill, rerun, finishes the rest); `simulate`, `export` and `stats` need an existing store.
 """
 
 from __future__ import annotations

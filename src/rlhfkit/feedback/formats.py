@@ -22,6 +22,10 @@ Formats (plain `.jsonl` or `.jsonl.gz`; `auto` looks at the first record):
   the flat message export (one message per line with "message_id", "parent_id"); every set of
   >= 2 sibling assistant replies with a `rank` is one K-way ranking (rank 0 = best), and the
   prompt is the conversation from the root to their parent.
+
+Every format: a ranking of K > 2 responses that lists one text twice is refused at its line;
+a pair whose chosen and rejected are the same text is dropped with a note (a file of nothing
+but such pairs is refused), since it carries no preference.
 """
 
 from __future__ import annotations

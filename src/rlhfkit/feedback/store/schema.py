@@ -16,7 +16,8 @@ Concurrency: the web app writes from many worker threads. SQLite runs in WAL mod
 30 s busy_timeout, and every write transaction starts with BEGIN IMMEDIATE, so writers
 queue on the database lock instead of failing with "database is locked" when a read
 transaction tries to upgrade to a write (SQLite does not wait in that case). PostgreSQL
-relies on the unique constraint: a racing duplicate insert is caught and re-read.
+relies on the unique constraint (a racing duplicate insert is caught and re-read) and on
+SELECT ... FOR UPDATE of the task row, so two annotators cannot both take a task's last place.
 """
 
 from __future__ import annotations
