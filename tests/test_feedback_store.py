@@ -368,6 +368,11 @@ def test_fill_samples_k_responses_per_prompt(tmp_path, fill_model, capsys):
     assert "queued 3 ranking tasks" in capsys.readouterr().out
     with FeedbackStore.for_run(run) as store:
         assert store.counts()["tasks"] == 2 + 1 + 3
+    # the model retrained in place (same path, new weights): its samples are new tasks
+    weights = next(fill_model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert main(args) == 0
+    assert "queued 2 ranking tasks" in capsys.readouterr().out
     assert main(["feedback", "fill", "--set", f"out={run}", "--set", "k=1", "--set", f"prompts={prompts}"]) == 2
     assert "k must be >= 2" in capsys.readouterr().err
 

@@ -46,7 +46,8 @@ class FillConfig:
 
 FILL_AGAIN = """\
 A second run adds nothing new: each prompt's task carries a key made of the prompt record
-(and which occurrence of it in the file), the model and the sampling settings (k,
+(and which occurrence of it in the file), the model (its path, and its weight files' sizes
+and times: a model retrained in place is a new one) and the sampling settings (k,
 temperature, top_p, max_new_tokens, seed, backend), and prompts whose key is already in
 the store are not sampled again. So a killed fill, rerun with the same settings, samples
 only the prompts it had not stored (a batch is stored whole or not at all), and ends with
@@ -55,8 +56,18 @@ its own seed). Changing a sampling setting or the model queues a new task per pr
 overlap and batch_size are not part of the key."""
 
 
-def _fill_key(rec: dict, occurrence: int, model: str, sampling: dict) -> str:
-    model = str(Path(model).resolve()) if Path(model).exists() else model  # runs/x and ./runs/x are one model
+def _model_stamp(model: str) -> list:
+    """Which model: its resolved path (runs/x and ./runs/x are one) and its weight files' names, sizes
+    and modification times, so a model retrained in place is a new model; a hub id as given."""
+    path = Path(model)
+    if not path.exists():
+        return [model]
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")) \
+        if path.is_dir() else [path]
+    return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _fill_key(rec: dict, occurrence: int, model: list, sampling: dict) -> str:
     ident = ["fill", occurrence, rec, model, sampling]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -87,10 +98,10 @@ def fill(cfg: FillConfig) -> int:
                 "seed": cfg.seed}
     ident = {**sampling, "k": cfg.k, "backend": cfg.backend}
     seen: dict[str, int] = {}
-    keys = []
+    keys, stamp = [], _model_stamp(cfg.model)
     for rec in records:
         text = json.dumps(rec, sort_keys=True, ensure_ascii=False)
-        keys.append(_fill_key(rec, seen.get(text, 0), cfg.model, ident))
+        keys.append(_fill_key(rec, seen.get(text, 0), stamp, ident))
         seen[text] = seen.get(text, 0) + 1
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
