@@ -118,6 +118,18 @@ def test_rankings_refused_for_full_skipped_and_unoffered_tasks(db_url):
         assert [(r["task_id"], r["annotator"]) for r in store.rankings()] == [(t1, "a"), (t2, "c")]
 
 
+def test_sampled_batches_carry_keys(db_url):
+    """What fill relies on: a batch is stored whole with its keys; a key already taken refuses the whole batch."""
+    with FeedbackStore(db_url) as store:
+        ids = store.add_sampled_many([("p1", {}, ["a", "b"], "k1"), ("p2", None, ["c", "d"], "k2")], "m")
+        assert len(ids) == 2 and store.task_keys(["k1", "k2", "k3"]) == {"k1", "k2"}
+        with pytest.raises(Conflict, match="stored meanwhile"):
+            store.add_sampled_many([("p3", {}, ["e", "f"], "k3"), ("p1", {}, ["a", "b"], "k1")], "m")
+        assert store.task_keys(["k3"]) == set()  # p3 went with the refused batch
+        c = store.counts()
+        assert (c["prompts"], c["responses"], c["tasks"]) == (2, 4, 2)
+
+
 def test_racing_for_the_last_places_of_a_task(db_url):
     """8 annotators at once on a task with overlap 3: exactly 3 rankings, the rest told it is full."""
     with FeedbackStore(db_url) as store:

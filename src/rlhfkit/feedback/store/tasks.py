@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from rlhfkit.feedback.store.errors import NotFound, StoreError
+from rlhfkit.feedback.store.errors import Conflict, NotFound, StoreError
 from rlhfkit.feedback.store.schema import KINDS, offers, prompts, rankings, responses, skips, task_responses, tasks
 
 
@@ -69,13 +70,17 @@ class Tasks:
                          sampling: dict | None = None, kind: str = "rank", overlap: int = 1) -> list[int]:
         """(prompt, meta, texts, key) items, each a prompt + responses + task, all in one transaction
         (a killed fill keeps whole batches or nothing of them); -> task ids."""
-        with self._write() as conn:
-            out = []
-            for prompt, meta, texts, key in items:
-                pid = self._add_prompt(conn, prompt, meta)
-                rids = [self._add_response(conn, pid, t, model, sampling) for t in texts]
-                out.append(self._create_task(conn, pid, rids, kind, overlap, key))
-            return out
+        try:
+            with self._write() as conn:
+                out = []
+                for prompt, meta, texts, key in items:
+                    pid = self._add_prompt(conn, prompt, meta)
+                    rids = [self._add_response(conn, pid, t, model, sampling) for t in texts]
+                    out.append(self._create_task(conn, pid, rids, kind, overlap, key))
+                return out
+        except IntegrityError:  # a task key taken meanwhile (two fills at once): nothing of this batch is kept
+            raise Conflict("these prompts were stored meanwhile by another fill or import; run again to "
+                           "sample only what is still missing") from None
 
     def task_keys(self, keys: list[str]) -> set[str]:
         """Those of `keys` that some task already carries (what an earlier fill or import stored)."""
