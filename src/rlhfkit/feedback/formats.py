@@ -23,9 +23,8 @@ Formats (plain `.jsonl` or `.jsonl.gz`; `auto` looks at the first record):
   >= 2 sibling assistant replies with a `rank` is one K-way ranking (rank 0 = best), and the
   prompt is the conversation from the root to their parent.
 
-Every format: a ranking of K > 2 responses that lists one text twice is refused at its line;
-a pair whose chosen and rejected are the same text is dropped with a note (a file of nothing
-but such pairs is refused), since it carries no preference.
+Every format: a ranking of K > 2 responses that lists one text twice is refused at its line,
+and so is a file whose pairs all have chosen == rejected (a lone such pair is kept).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import io
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -280,30 +278,26 @@ def read_preferences(path: str | Path, format: str = "auto") -> list[dict]:
 
 
 def _distinct(records: list[dict], path: Path) -> list[dict]:
-    """Refuse rankings that list one response twice; drop pairs whose two sides are the same text.
+    """Refuse rankings that cannot teach a reward model anything, naming the file and line.
 
-    A K-way ranking (K > 2) that repeats a response puts one text in two places: the file is
-    wrong, so it is refused at that line. A pair with chosen == rejected says nothing, and real
-    sets (HH-RLHF) hold a few: those are dropped with a note, unless every pair is one."""
-    kept, same = [], []
+    A K-way ranking (K > 2) that lists one text twice would rank a response above itself; a
+    file whose pairs all have chosen == rejected gives every pair the constant loss ln 2 and a
+    zero gradient. A lone equal pair is kept: real sets (HH-RLHF) hold a few."""
+    same = []
     for r in records:
         resp = r["responses"]
         if len(set(resp)) == len(resp):
-            kept.append(r)
             continue
         where = f"{r['meta']['file']}:{r['meta']['line']}"
         if len(resp) > 2:
             first = next(i for i, t in enumerate(resp) if resp.index(t) != i)
             raise UserError(f"{where}: the ranking lists the same response twice (places {resp.index(resp[first]) + 1}"
-                            f" and {first + 1} of {len(resp)}: {resp[first][:40]!r})")
+                            f" and {first + 1} of {len(resp)}: {resp[first][:40]!r}); each response must appear once")
         same.append(where)
-    if same and not kept:
-        raise UserError(f"{same[0]}: chosen and rejected are the same text, in every one of the {len(same)} "
-                        f"records of {path}: there is no preference to learn")
-    if same:
-        print(f"{path}: dropped {len(same)} of {len(records)} pairs whose chosen and rejected are the same text "
-              f"(first at {same[0]})", file=sys.stderr)
-    return kept
+    if same and len(same) == len(records):
+        raise UserError(f"{same[0]}: every pair has chosen == rejected (all {len(same)} records of {path}): "
+                        "nothing to learn from")
+    return records
 
 
 # ------------------------------------------------------------------------------ writers
