@@ -17,7 +17,11 @@ from rlhfkit.rewards.gold import joke, joke_components
 
 SCALE = 0.05
 FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
-         "prompts_math.jsonl", "prompts_math_eval.jsonl", "README.md")
+         "prompts_math.jsonl", "prompts_math_eval.jsonl", "prompts_jokes_ood.jsonl", "prompts_math_ood.jsonl",
+         "README.md")
+# what a model trained on this world reads: the OOD files' animals and numbers must be absent
+TRAINING_FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+                  "prompts_math.jsonl", "prompts_math_eval.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +235,46 @@ def test_cli_writes_and_refuses_foreign_directory(tmp_path, capsys):
     assert "not a world directory" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert main(["world", str(tmp_path / "x"), "--scale", "0"]) == 2
+
+
+def test_ood_prompts_name_only_what_no_training_file_has(world):
+    jokes = read_jsonl(world / "prompts_jokes_ood.jsonl")
+    maths = read_jsonl(world / "prompts_math_ood.jsonl")
+    assert len(jokes) == len(maths) == round(300 * SCALE)
+    ood = {a.name for a in W.OOD_ANIMALS}
+    assert {r["topic"] for r in jokes} <= ood and len({r["topic"] for r in jokes}) >= 3
+    for r in jokes:
+        assert W.find_animal(r["prompt"]) == r["topic"], r
+    training = {name: (world / name).read_text(encoding="utf-8") for name in TRAINING_FILES}
+    for name, text in training.items():
+        for a in W.OOD_ANIMALS:
+            # "\bkangaroo" catches kangaroo, kangaroos, kangaroo's
+            assert not re.search(rf"\b{a.name}", text, re.I), (name, a.name)
+        # the OOD operands are 200-999; the world's largest other number is 197 (99 + 98)
+        numbers = [int(x) for x in re.findall(r"\d+", text)]
+        assert max(numbers, default=0) < min(W.OOD_OPERANDS), (name, max(numbers))
+        assert numbers or name.startswith("prompts_jokes"), name  # the scan reads the arithmetic
+        assert not re.search(r"\b(?:two|three|four|five|six|seven|eight|nine) hundred", text), name
+    operands = set()
+    for r in maths:
+        x, y = map(int, re.findall(r"\d+", r["prompt"]))
+        plus = "+" in r["prompt"] or "plus" in r["prompt"]
+        assert r["answer"] == str(x + y if plus else x - y) and (plus or x >= y), r
+        operands |= {x, y}
+    assert all(200 <= v <= 999 for v in operands)
+    # the shift is in the operands only: the phrasings are the training prompts'
+    train_shapes = {re.sub(r"\d+", "N", r["prompt"]) for r in read_jsonl(world / "prompts_math.jsonl")}
+    assert {re.sub(r"\d+", "N", r["prompt"]) for r in maths} <= train_shapes
+
+
+def test_gold_scores_ood_animals_by_their_own_name_and_puns():
+    for a in W.OOD_ANIMALS:
+        assert a not in W.ANIMALS and W.ANIMAL[a.name] is a  # never in the corpus, known to the gold
+        for setup, punch in a.jokes:
+            assert joke(f"Tell me a joke about {a.plural}.", f"{setup} {punch}") == pytest.approx(1.0), (a.name, setup)
+    kangaroos = "Tell me a joke about kangaroos."
+    # a perfect pelican joke is off topic here: 0.2 structure + 0.2 brevity + 0.1 ends = 0.5
+    assert joke(kangaroos, GOOD) == pytest.approx(0.5)
+    # on topic but the pun is a pelican's: 0.25 topic + 0.5 = 0.75
+    assert joke(kangaroos, "Why did the kangaroo get kicked out of the restaurant? It had a very big bill!") == pytest.approx(0.75)
+    assert joke(kangaroos, "What do you call a lazy kangaroo? A pouch potato!") == pytest.approx(1.0)
