@@ -332,7 +332,8 @@ def run(cfg: Config) -> dict[str, dict]:
         texts = [r["text"] for r in samples[m]]
         per_prompt = pair_wins(grid(total[m]), grid(total[baseline]))
         met = {"win_rate": statistics.fmean(per_prompt),
-               "win_rate_ci": list(bootstrap_ci(per_prompt, cfg.bootstrap, _seed(cfg.seed, "bootstrap", m))),
+               # one seed for all models: every model's interval resamples the same prompt sets
+               "win_rate_ci": list(bootstrap_ci(per_prompt, cfg.bootstrap, _seed(cfg.seed, "bootstrap"))),
                "judge_mean": statistics.fmean(total[m])}
         for j, name in enumerate(judge.names):
             if name == "math":
