@@ -155,8 +155,8 @@ def summary(m: dict) -> str:
 def cli(name: str, argv: list[str]) -> int:
     import argparse
 
+    from rlhfkit.rankings import load_rankings, usable
     from rlhfkit.rewards.rm import RewardScorer
-    from rlhfkit.stages.reward import load_rankings, usable
 
     p = argparse.ArgumentParser(prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0])
     p.add_argument("model", help="reward model dir or ensemble dir (written by `rlhfkit reward`)")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,9 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
-from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
+from rlhfkit.rankings import bootstrap, load_rankings, prompt_key, split_by_prompt, usable
+from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, clip_grad_norm,
+                              lr_at, make_optimizer, micro_batch_split, progress)
 
 
 @dataclass
@@ -90,61 +90,6 @@ UNITS = {"pairwise": lambda k: k * (k - 1) // 2, "ranking": lambda k: 1, "placke
 
 
 # ------------------------------------------------------------------------------ data
-
-def load_rankings(data: str, db: str = "", fmt: str = "auto", source: str | None = None) -> list[dict]:
-    """Rankings from a run's store or a preference file -> [{"messages", "responses", "tie", "all_bad", "prompt"}]."""
-    from rlhfkit.feedback.formats import read_preferences
-
-    if not data and not db:
-        raise UserError("reward: set `data` to a run dir (with feedback.db) or a preference file")
-    path = Path(data).expanduser() if data else None
-    if db or (path is not None and path.is_dir()):
-        from rlhfkit.feedback.store import FeedbackStore
-
-        if not db and not (path / "feedback.db").is_file():
-            raise UserError(f"{path}: no feedback.db in this run dir (rank some samples first, or pass a file)")
-        with FeedbackStore.for_run(path or ".", db or None) as store:
-            records = store.rankings(source or None)
-        where = db or str(path / "feedback.db")
-    else:
-        records = read_preferences(path, fmt)
-        where = str(path)
-    if not records:
-        raise UserError(f"{where}: no rankings" + (f" from source {source!r}" if source else ""))
-    out = []
-    for r in records:
-        msgs = (r.get("meta") or {}).get("messages") or [{"role": "user", "content": r["prompt"]}]
-        out.append({"prompt": r["prompt"], "messages": msgs, "responses": list(r["responses"]),
-                    "tie": bool(r.get("tie")), "all_bad": bool(r.get("all_bad"))})
-    return out
-
-
-def usable(rankings: list[dict], skip_all_bad: bool = False) -> list[dict]:
-    """Drop ties (no order to learn) and, if asked, all-bad rankings; UserError if none is left."""
-    keep = [r for r in rankings if not r["tie"] and len(r["responses"]) >= 2 and not (skip_all_bad and r["all_bad"])]
-    if not keep:
-        raise UserError(f"none of the {len(rankings)} rankings can train a reward model (all ties"
-                        + (" or all_bad)" if skip_all_bad else ")"))
-    return keep
-
-
-def prompt_key(r: dict) -> str:
-    return json.dumps(r["messages"], sort_keys=True, ensure_ascii=False)
-
-
-def split_by_prompt(rankings: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out `fraction` of the distinct prompts (all their rankings), so eval prompts are unseen."""
-    keys = sorted({prompt_key(r) for r in rankings})
-    random.Random(seed).shuffle(keys)
-    held = set(keys[:int(round(len(keys) * fraction))])
-    return [r for r in rankings if prompt_key(r) not in held], [r for r in rankings if prompt_key(r) in held]
-
-
-def bootstrap(indices_by_prompt: list[list[int]], seed: int) -> list[int]:
-    """Ranking indices of a bootstrap resample of prompts: as many prompts, drawn with replacement."""
-    rng = random.Random(seed)
-    return [i for _ in indices_by_prompt for i in rng.choice(indices_by_prompt)]
-
 
 def read_samples(path: str) -> tuple[list, list[str]]:
     """Policy samples for normalisation: JSONL {"prompt": str | messages, "messages"?, "response" | "responses"}."""
