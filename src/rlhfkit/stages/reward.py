@@ -163,7 +163,7 @@ def run(cfg: Config) -> None:
     from rlhfkit.losses import RM_LOSSES
     from rlhfkit.models import add_lora, count_parameters, load_tokenizer, save_model
     from rlhfkit.rewards.rm import ENSEMBLE_FILE, NORM_FILE, RewardScorer, encode, pad_id_for, score_ids
-    from rlhfkit.stages.eval_reward import evaluate, ranking_metrics, summary
+    from rlhfkit.stages.eval_reward import evaluate_reward_model, ranking_metrics, summary
 
     rank, world = distributed.setup()
     if cfg.loss not in RM_LOSSES:
@@ -206,7 +206,7 @@ def run(cfg: Config) -> None:
         by_prompt.setdefault(prompt_key(r), []).append(i)
     groups = list(by_prompt.values())
 
-    loss_fn_named = RM_LOSSES[cfg.loss]
+    rm_loss = RM_LOSSES[cfg.loss]
     unit = UNITS[cfg.loss]
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -216,10 +216,10 @@ def run(cfg: Config) -> None:
               f"{len(eval_set)} held out; "
               f"loss {cfg.loss}, {cfg.ensemble} member(s), {world} process(es)")
 
-    def loss_fn(m, mb):
+    def loss_fn(model, mb):
         ids = [x for r in mb["rankings"] for x in r]
-        scores = m(**_collated(ids, pad_id)).logits[:, 0].float()
-        loss, metrics = loss_fn_named(scores, mb["lengths"])
+        scores = model(**_collated(ids, pad_id)).logits[:, 0].float()
+        loss, metrics = rm_loss(scores, mb["lengths"])
         mb["metrics"] = metrics
         return loss * mb["weight"]
 
@@ -228,14 +228,13 @@ def run(cfg: Config) -> None:
         model.eval()
         flat = score_ids(model, [x for e in eval_enc for x in e], pad_id, cfg.eval_batch_size)
         model.train()
-        m, _ = ranking_metrics(list(flat.split([len(e) for e in eval_enc])))
-        return {k: m[k] for k in ("rm/accuracy", "rm/top1_accuracy", "rm/ece")}
+        metrics, _ = ranking_metrics(list(flat.split([len(e) for e in eval_enc])))
+        return {k: metrics[k] for k in ("rm/accuracy", "rm/top1_accuracy", "rm/ece")}
 
     # ---- members: one after another, each a complete HF model dir with its normalisation
-    member_dirs = [out] if cfg.ensemble == 1 else [out / f"member-{m}" for m in range(cfg.ensemble)]
-    steps_done = 0
-    for m, mdir in enumerate(member_dirs):
-        seed = cfg.seed + m
+    member_dirs = [out] if cfg.ensemble == 1 else [out / f"member-{i}" for i in range(cfg.ensemble)]
+    for member, mdir in enumerate(member_dirs):
+        seed = cfg.seed + member
         idx = bootstrap(groups, seed) if (cfg.ensemble > 1 and cfg.bootstrap) else list(range(len(train)))
         data = [encoded[i] for i in idx]
         max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(data) / cfg.batch_size))
@@ -252,12 +251,12 @@ def run(cfg: Config) -> None:
         if (latest := ckpts.latest()) is not None:
             step = ckpts.load(latest, model, optimizer)["step"]
         ddp_model = distributed.wrap_ddp(model)
-        if distributed.is_main() and m == 0:
+        if distributed.is_main() and member == 0:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"reward: {count_parameters(model) / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), "
                   f"{max_steps} steps per member" + (f", resuming at step {step}" if step else ""))
         log = MetricsLog(mdir, resume_step=step)
-        bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{m}]")
+        bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{member}]")
         timer, train_s = Timer(), 0.0
         while step < max_steps:
             lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
@@ -296,14 +295,13 @@ def run(cfg: Config) -> None:
             distributed.barrier()
             timer.lap()
         bar.close()
-        steps_done += max_steps
 
         if distributed.is_main():
             plain = plain_model(model)
             norm = normalise(plain, norm_ids, pad_id, cfg.eval_batch_size)
             save_model(plain, tokenizer, mdir)
             atomic_write_text(mdir / NORM_FILE, json.dumps(norm, indent=1) + "\n")
-            print(f"reward: member {m} done at step {step}, normalised with mean {norm['mean']:.4f} "
+            print(f"reward: member {member} done at step {step}, normalised with mean {norm['mean']:.4f} "
                   f"std {norm['std']:.4f} over {norm['n']} responses -> {mdir}")
         del model, ddp_model, optimizer
         distributed.barrier()
@@ -312,14 +310,15 @@ def run(cfg: Config) -> None:
     if distributed.is_main():
         if cfg.ensemble > 1:
             atomic_write_text(out / ENSEMBLE_FILE, json.dumps({
-                "members": [d.name for d in member_dirs], "seeds": [cfg.seed + m for m in range(cfg.ensemble)],
+                "members": [d.name for d in member_dirs], "seeds": [cfg.seed + i for i in range(cfg.ensemble)],
                 "bootstrap": cfg.bootstrap, "loss": cfg.loss}, indent=1) + "\n")
         else:  # an earlier ensemble in the same dir would shadow this model in RewardScorer.load
             (out / ENSEMBLE_FILE).unlink(missing_ok=True)
         if eval_set:
-            final = evaluate(RewardScorer.load(out), eval_set, out, cfg.eval_batch_size,
-                             title=f"reward model {out} ({len(eval_set)} held-out rankings)",
-                             extra={"model": cfg.model, "data": cfg.data, "eval_data": cfg.eval_data or None})
+            final = evaluate_reward_model(RewardScorer.load(out), eval_set, out, cfg.eval_batch_size,
+                                          title=f"reward model {out} ({len(eval_set)} held-out rankings)",
+                                          extra={"model": cfg.model, "data": cfg.data,
+                                                 "eval_data": cfg.eval_data or None})
             _log_final(out / "metrics.jsonl", max_steps, final)
             print(f"reward: held-out {summary(final)}")
         print(f"reward: done -> {out}")
