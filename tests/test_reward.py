@@ -211,6 +211,9 @@ def test_ensemble_with_lora_loads_with_one_path(lm, tmp_path):
     mean, std = scorer.score(prompts, responses)
     assert bool((std > 0).all())  # different seeds and bootstrap resamples disagree
     torch.testing.assert_close(std, (each[0] - each[1]).abs() / math.sqrt(2))  # unbiased std of 2 values
+    # the uncertainty-penalised reward RL uses (rm_uncertainty_k): mean - k * std, with std > 0 here
+    torch.testing.assert_close(scorer.reward(prompts, responses, k=1.5), each.mean(0) - 1.5 * std)
+    assert not torch.allclose(scorer.reward(prompts, responses, k=1.5), mean)
     # LoRA merged on save: each member is a plain model with the trained score head
     member = AutoModelForSequenceClassification.from_pretrained(out / "member-0")
     assert not any("lora" in n for n, _ in member.named_parameters())
