@@ -4,7 +4,8 @@ Three optimizer steps on a fixed tiny model and fixed rankings; every step's log
 train/loss, train/accuracy and train/grad_norm must equal the values below, which were
 recorded from the code before the issue-10 refactor (stages/reward.py split, rankings
 loading moved out). A change that alters any number (data order, loss weighting,
-micro-batching, LR schedule, head init, normalisation, held-out scoring) fails here.
+micro-batching, LR schedule, head init, normalisation, held-out scoring) fails here, and a
+run resumed from its step-2 checkpoint must reach the same numbers.
 
 If a change is MEANT to alter the numbers, re-record: run with RLHFKIT_RECORD=1 and -s,
 paste the printed table, and say why in the commit message.
@@ -124,6 +125,23 @@ def test_recorded_losses(loss, setup):
     steps = _steps(out / "metrics.jsonl")
     assert sorted(steps) == [1, 2, 3]
     _check(loss, {"steps": {str(s): list(v) for s, v in steps.items()}, "norm": [norm["mean"], norm["std"]]})
+
+
+def test_resumed_run_gives_the_recorded_losses(setup, capsys):
+    """A run stopped right after its step-2 checkpoint (the step-3 one and the saved model
+    removed, as a kill would leave it) runs again from step 2 to the recorded numbers."""
+    import shutil
+
+    out = _run(setup, "rm-resumed", "loss=pairwise", "eval_fraction=0", "save_every=1")
+    shutil.rmtree(out / "checkpoints" / "step-0000003")
+    for name in ("model.safetensors", "reward_norm.json"):
+        (out / name).unlink()
+    capsys.readouterr()
+    _run(setup, "rm-resumed", "loss=pairwise", "eval_fraction=0", "save_every=1")
+    assert "resuming at step 2" in capsys.readouterr().out
+    norm = json.loads((out / "reward_norm.json").read_text())
+    steps = _steps(out / "metrics.jsonl")
+    _check("pairwise", {"steps": {str(s): list(v) for s, v in steps.items()}, "norm": [norm["mean"], norm["std"]]})
 
 
 def test_recorded_ensemble_and_held_out(setup):

@@ -42,7 +42,7 @@ from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
 from rlhfkit.rankings import bootstrap, load_rankings, prompt_key, split_by_prompt, usable
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, clip_grad_norm,
-                              lr_at, make_optimizer, micro_batch_split, progress)
+                              make_optimizer, micro_batch_split, progress, set_lr)
 
 
 @dataclass
@@ -216,11 +216,15 @@ def run(cfg: Config) -> None:
               f"{len(eval_set)} held out; "
               f"loss {cfg.loss}, {cfg.ensemble} member(s), {world} process(es)")
 
+    # each micro-batch's accuracy weighed as its loss is (by pairs or rankings); the metrics of
+    # backward_micro_batches would weigh every micro-batch the same, so they are collected here
+    accuracy_shares: list[float] = []
+
     def loss_fn(model, mb):
         ids = [x for r in mb["rankings"] for x in r]
         scores = model(**_collated(ids, pad_id)).logits[:, 0].float()
         loss, metrics = rm_loss(scores, mb["lengths"])
-        mb["metrics"] = metrics
+        accuracy_shares.append(metrics["rm/accuracy"] * mb["weight"])
         return loss * mb["weight"], {}
 
     @torch.no_grad()
@@ -247,9 +251,7 @@ def run(cfg: Config) -> None:
         distributed.set_threads(model, cfg.threads)
         optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
         ckpts = Checkpoints(mdir, cfg.keep_checkpoints, config=cfg)
-        step = 0
-        if (latest := ckpts.latest()) is not None:
-            step = ckpts.load(latest, model, optimizer)["step"]
+        step, _ = ckpts.resume(model, optimizer)
         ddp_model = distributed.wrap_ddp(model)
         if distributed.is_main() and member == 0:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -259,9 +261,7 @@ def run(cfg: Config) -> None:
         bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{member}]")
         timer, train_s = Timer(), 0.0
         while step < max_steps:
-            lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
             batch = [data[i] for i in batch_indices(step, cfg.batch_size, len(data), seed)]
             total_units = sum(unit(len(r)) for r in batch)
             per_rank = cfg.batch_size // world
@@ -271,7 +271,9 @@ def run(cfg: Config) -> None:
                 part = local[i:i + cfg.micro_batch_size]
                 mbs.append({"rankings": part, "lengths": [len(r) for r in part],
                             "weight": sum(unit(len(r)) for r in part) / total_units})
-            loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world)[0])
+            accuracy_shares.clear()
+            loss, _ = backward_micro_batches(ddp_model, mbs, loss_fn, world)
+            loss = distributed.all_reduce_sum(loss)
             grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -279,8 +281,8 @@ def run(cfg: Config) -> None:
 
             dt = timer.lap()
             train_s += dt
-            acc = sum(mb["metrics"]["rm/accuracy"] * mb["weight"] for mb in mbs)  # this rank's share
-            metrics = {"train/loss": loss, "train/accuracy": distributed.all_reduce_sum(acc), "train/lr": lr,
+            accuracy = distributed.all_reduce_sum(sum(accuracy_shares))  # the ranks' shares add up
+            metrics = {"train/loss": loss, "train/accuracy": accuracy, "train/lr": lr,
                        "train/grad_norm": grad_norm, "time/step_s": dt, "time/train_s": train_s,
                        "time/responses_per_s": sum(len(r) for r in batch) / dt}
             bar.update(1)
