@@ -306,3 +306,18 @@ def cli(name: str, argv: list[str]) -> int:
         return 0
     print(pull(args.name))
     return 0
+
+
+def kv_cache_kwargs(model, cache) -> dict:
+    """`forward(**kv_cache_kwargs(model, cache))`: transformers 5.2x takes the KV cache as
+    `cache` (and warns on every call given `past_key_values`); older versions only know
+    `past_key_values`."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP
+    return {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
+
+
+def output_kv_cache(out):
+    """The KV cache a forward returned (`cache` in transformers 5.2x, `past_key_values` before)."""
+    return out["cache"] if "cache" in out else out.past_key_values

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.losses import masked_mean, token_logprobs
+from rlhfkit.models import kv_cache_kwargs, output_kv_cache
 from rlhfkit.rewards.spec import Reward
 from rlhfkit.rl.config import RolloutSpec
 
@@ -90,14 +91,14 @@ def response_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     pre = inner(input_ids=ids[first, :P], attention_mask=attn[first, :P], position_ids=pos[first, :P],
                 logits_to_keep=1, use_cache=True)
-    cache = pre.past_key_values
+    cache = output_kv_cache(pre)
     if not hasattr(cache, "batch_select_indices"):  # a model without a re-indexable KV cache
         return plain_response_logits(model, inputs, temperature)
     cache.batch_select_indices(inverse)  # (U, heads, P, hd) -> (n, heads, P, hd), differentiable
     logits = [pre.logits[inverse]]  # (n, 1, V): the last prompt position predicts token 0
     if T > 1:  # response tokens 0..T-2 predict tokens 1..T-1
         out = model(input_ids=ids[:, P:-1], attention_mask=attn[:, :-1], position_ids=pos[:, P:-1],
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **kv_cache_kwargs(model, cache))
         logits.append(out.logits)
     return torch.cat(logits, 1).float() / temperature
 
