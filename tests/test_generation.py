@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhfkit.generation import _LlamaRunner, generate, left_pad, sample_next
+from rlhfkit.generation import generate, left_pad, sample_next
+from rlhfkit.generation.hf import HFRunner
+from rlhfkit.generation.llama_fast import LlamaRunner
 from rlhfkit.models import add_lora, tiny_llama_config
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20, 21, 22]]
@@ -49,7 +51,7 @@ def test_llama_fast_path_logits_match_hf_forward(tie):
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        runner = _LlamaRunner(model, batch=len(PROMPTS), max_len=ids.shape[1] + 2)
+        runner = LlamaRunner(model, batch=len(PROMPTS), max_len=ids.shape[1] + 2)
         ours = runner.prefill(ids, mask, pos)
         ref = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits[:, -1]
         assert (ours - ref).abs().max() < 1e-4
@@ -112,7 +114,7 @@ def test_logprobs_equal_full_forward(name, temperature, top_p, top_k):
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_shared_prompt_prefill_is_exact(name, monkeypatch):
     """G copies of each prompt (an RL group) prefill once: the same samples as prefilling every row."""
-    import rlhfkit.generation as generation
+    from rlhfkit.generation import sampler
 
     model = MODELS[name]()
     # copies interleaved with distinct rows; [0, 12, 13] pads to the same ids as [12, 13] (pad 0)
@@ -120,7 +122,7 @@ def test_shared_prompt_prefill_is_exact(name, monkeypatch):
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], [0, 12, 13], PROMPTS[1], PROMPTS[0], PROMPTS[2]]
     kw = dict(max_new_tokens=8, temperature=1.0, eos_token_ids=[2], pad_token_id=0)
     shared = generate(model, prompts, **kw, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(generation, "SHARED_PREFILL", False)
+    monkeypatch.setattr(sampler, "SHARED_PREFILL", False)
     every = generate(model, prompts, **kw, generator=torch.Generator().manual_seed(3))
     assert torch.equal(shared.tokens, every.tokens) and torch.equal(shared.mask, every.mask)
     assert (shared.logprobs - every.logprobs).abs().max() < 1e-5
@@ -134,7 +136,7 @@ def test_shared_prompt_prefill_is_exact(name, monkeypatch):
 def test_finished_rows_stop_being_computed(name, monkeypatch):
     """Finished rows are dropped from the runner's batch: greedy samples, masks and logprobs as
     when every row runs to the end."""
-    import rlhfkit.generation as generation
+    from rlhfkit.generation import sampler
 
     model = MODELS[name]()
     prompts = PROMPTS * 2 + [[5, 6, 7], [30, 31, 32, 33]]
@@ -142,13 +144,13 @@ def test_finished_rows_stop_being_computed(name, monkeypatch):
     plain = generate(model, prompts, **kw)
     eos = [int(plain.tokens[0, 3])]  # rows 0 and 4 end at step 3, others earlier, later or never
     kept = []
-    runner = generation._LlamaRunner if name == "llama" else generation._HFRunner
+    runner = LlamaRunner if name == "llama" else HFRunner
     keep = runner.keep
     monkeypatch.setattr(runner, "keep", lambda self, rows: (kept.append(len(rows)), keep(self, rows)))
-    monkeypatch.setattr(generation, "COMPACT_AT", 0.95)  # drop rows as soon as one has finished
+    monkeypatch.setattr(sampler, "COMPACT_AT", 0.95)  # drop rows as soon as one has finished
     ours = generate(model, prompts, **kw, eos_token_ids=eos)
     assert kept and kept[-1] < len(prompts)  # rows were dropped
-    monkeypatch.setattr(generation, "COMPACT_AT", 0.0)  # never drop a row
+    monkeypatch.setattr(sampler, "COMPACT_AT", 0.0)  # never drop a row
     every = generate(model, prompts, **kw, eos_token_ids=eos)
     assert 0 < int(every.finished.sum()) < len(prompts)
     assert torch.equal(ours.tokens, every.tokens) and torch.equal(ours.mask, every.mask)

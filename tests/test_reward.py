@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhfkit import rankings
 from rlhfkit.config import load_config
 from rlhfkit.files import UserError
 from rlhfkit.rewards.rm import RewardScorer
@@ -146,7 +147,7 @@ def test_learns_changes_parameters_and_evaluates(trained, lm):
     assert {"rm/accuracy_pos_1", "rm/accuracy_pos_2", "rm/ece", "rm/top1_accuracy", "rm/score_std"} <= set(final)
     assert any("rm/accuracy" in m for m in logs[:-1])  # the eval_every=12 evaluation during training
     ev = json.loads((out / "eval.json").read_text())
-    held = reward.split_by_prompt(reward.load_rankings(str(trained["data"])), 0.2, 0)[1]
+    held = rankings.split_by_prompt(rankings.load_rankings(str(trained["data"])), 0.2, 0)[1]
     assert ev["metrics"]["rm/rankings"] == len(held) > 10 and ev["calibration_bins"]  # 20% of the prompts
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -155,8 +156,8 @@ def test_normalised_on_training_responses_and_same_in_plain_transformers(trained
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = trained["out"]
-    rankings = reward.usable(reward.load_rankings(str(trained["data"])))
-    train, _ = reward.split_by_prompt(rankings, 0.2, 0)  # the stage's split: same fraction, same seed
+    usable = rankings.usable(rankings.load_rankings(str(trained["data"])))
+    train, _ = rankings.split_by_prompt(usable, 0.2, 0)  # the stage's split: same fraction, same seed
     pairs = sorted({(r["prompt"], t) for r in train for t in r["responses"]})
     prompts, responses = [p for p, _ in pairs], [t for _, t in pairs]
     scorer = RewardScorer.load(out)
@@ -210,6 +211,9 @@ def test_ensemble_with_lora_loads_with_one_path(lm, tmp_path):
     mean, std = scorer.score(prompts, responses)
     assert bool((std > 0).all())  # different seeds and bootstrap resamples disagree
     torch.testing.assert_close(std, (each[0] - each[1]).abs() / math.sqrt(2))  # unbiased std of 2 values
+    # the uncertainty-penalised reward RL uses (rm_uncertainty_k): mean - k * std, with std > 0 here
+    torch.testing.assert_close(scorer.reward(prompts, responses, k=1.5), each.mean(0) - 1.5 * std)
+    assert not torch.allclose(scorer.reward(prompts, responses, k=1.5), mean)
     # LoRA merged on save: each member is a plain model with the trained score head
     member = AutoModelForSequenceClassification.from_pretrained(out / "member-0")
     assert not any("lora" in n for n, _ in member.named_parameters())
@@ -252,12 +256,12 @@ def test_calibration_error_by_hand():
 
 def test_split_and_bootstrap_by_prompt():
     rs = [{"messages": [{"role": "user", "content": f"p{i % 5}"}], "responses": ["a", "b"]} for i in range(20)]
-    train, held = reward.split_by_prompt(rs, 0.2, seed=0)
-    assert len(held) == 4 and len({reward.prompt_key(r) for r in held}) == 1  # 1 of 5 prompts, its 4 rankings
-    assert not {reward.prompt_key(r) for r in held} & {reward.prompt_key(r) for r in train}
+    train, held = rankings.split_by_prompt(rs, 0.2, seed=0)
+    assert len(held) == 4 and len({rankings.prompt_key(r) for r in held}) == 1  # 1 of 5 prompts, its 4 rankings
+    assert not {rankings.prompt_key(r) for r in held} & {rankings.prompt_key(r) for r in train}
     groups = [[0, 1], [2], [3, 4, 5]]
-    picks = reward.bootstrap(groups, seed=3)
-    assert picks == reward.bootstrap(groups, seed=3)  # seeded
+    picks = rankings.bootstrap(groups, seed=3)
+    assert picks == rankings.bootstrap(groups, seed=3)  # seeded
     assert all(g in groups for g in _regroup(picks, groups)) and len(_regroup(picks, groups)) == 3
 
 

@@ -134,7 +134,7 @@ def plot(scores: list[torch.Tensor], bins: list[dict], path: Path, title: str = 
     tmp.replace(path)
 
 
-def evaluate(scorer, rankings: list[dict], out: Path | None = None, batch_size: int = 32, title: str = "",
+def evaluate_reward_model(scorer, rankings: list[dict], out: Path | None = None, batch_size: int = 32, title: str = "",
              extra: dict | None = None) -> dict:
     """Score, compute metrics; with `out`, write eval.json and calibration.png there. -> metrics."""
     s = score_rankings(scorer, rankings, batch_size)
@@ -155,8 +155,8 @@ def summary(m: dict) -> str:
 def cli(name: str, argv: list[str]) -> int:
     import argparse
 
+    from rlhfkit.rankings import load_rankings, usable
     from rlhfkit.rewards.rm import RewardScorer
-    from rlhfkit.stages.reward import load_rankings, usable
 
     p = argparse.ArgumentParser(prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0])
     p.add_argument("model", help="reward model dir or ensemble dir (written by `rlhfkit reward`)")
@@ -175,8 +175,8 @@ def cli(name: str, argv: list[str]) -> int:
     scorer = RewardScorer.load(a.model)
     stem = Path(a.data.rstrip("/")).name.split(".")[0] or "data"
     out = Path(a.out or Path(a.model) / f"eval-{stem}")
-    m = evaluate(scorer, rankings, out, a.batch_size, title=f"{a.model} on {a.data}",
-                 extra={"model": a.model, "data": a.data})
-    atomic_write_text(out / "metrics.jsonl", json.dumps({"step": 0, **m}) + "\n")
-    print(f"eval-reward: {summary(m)} -> {out}")
+    metrics = evaluate_reward_model(scorer, rankings, out, a.batch_size, title=f"{a.model} on {a.data}",
+                                    extra={"model": a.model, "data": a.data})
+    atomic_write_text(out / "metrics.jsonl", json.dumps({"step": 0, **metrics}) + "\n")
+    print(f"eval-reward: {summary(metrics)} -> {out}")
     return 0

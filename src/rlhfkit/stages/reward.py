@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,9 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
-from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
+from rlhfkit.rankings import bootstrap, load_rankings, prompt_key, split_by_prompt, usable
+from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, clip_grad_norm,
+                              make_optimizer, micro_batch_split, progress, set_lr)
 
 
 @dataclass
@@ -90,61 +90,6 @@ UNITS = {"pairwise": lambda k: k * (k - 1) // 2, "ranking": lambda k: 1, "placke
 
 
 # ------------------------------------------------------------------------------ data
-
-def load_rankings(data: str, db: str = "", fmt: str = "auto", source: str | None = None) -> list[dict]:
-    """Rankings from a run's store or a preference file -> [{"messages", "responses", "tie", "all_bad", "prompt"}]."""
-    from rlhfkit.feedback.formats import read_preferences
-
-    if not data and not db:
-        raise UserError("reward: set `data` to a run dir (with feedback.db) or a preference file")
-    path = Path(data).expanduser() if data else None
-    if db or (path is not None and path.is_dir()):
-        from rlhfkit.feedback.store import FeedbackStore
-
-        if not db and not (path / "feedback.db").is_file():
-            raise UserError(f"{path}: no feedback.db in this run dir (rank some samples first, or pass a file)")
-        with FeedbackStore.for_run(path or ".", db or None) as store:
-            records = store.rankings(source or None)
-        where = db or str(path / "feedback.db")
-    else:
-        records = read_preferences(path, fmt)
-        where = str(path)
-    if not records:
-        raise UserError(f"{where}: no rankings" + (f" from source {source!r}" if source else ""))
-    out = []
-    for r in records:
-        msgs = (r.get("meta") or {}).get("messages") or [{"role": "user", "content": r["prompt"]}]
-        out.append({"prompt": r["prompt"], "messages": msgs, "responses": list(r["responses"]),
-                    "tie": bool(r.get("tie")), "all_bad": bool(r.get("all_bad"))})
-    return out
-
-
-def usable(rankings: list[dict], skip_all_bad: bool = False) -> list[dict]:
-    """Drop ties (no order to learn) and, if asked, all-bad rankings; UserError if none is left."""
-    keep = [r for r in rankings if not r["tie"] and len(r["responses"]) >= 2 and not (skip_all_bad and r["all_bad"])]
-    if not keep:
-        raise UserError(f"none of the {len(rankings)} rankings can train a reward model (all ties"
-                        + (" or all_bad)" if skip_all_bad else ")"))
-    return keep
-
-
-def prompt_key(r: dict) -> str:
-    return json.dumps(r["messages"], sort_keys=True, ensure_ascii=False)
-
-
-def split_by_prompt(rankings: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out `fraction` of the distinct prompts (all their rankings), so eval prompts are unseen."""
-    keys = sorted({prompt_key(r) for r in rankings})
-    random.Random(seed).shuffle(keys)
-    held = set(keys[:int(round(len(keys) * fraction))])
-    return [r for r in rankings if prompt_key(r) not in held], [r for r in rankings if prompt_key(r) in held]
-
-
-def bootstrap(indices_by_prompt: list[list[int]], seed: int) -> list[int]:
-    """Ranking indices of a bootstrap resample of prompts: as many prompts, drawn with replacement."""
-    rng = random.Random(seed)
-    return [i for _ in indices_by_prompt for i in rng.choice(indices_by_prompt)]
-
 
 def read_samples(path: str) -> tuple[list, list[str]]:
     """Policy samples for normalisation: JSONL {"prompt": str | messages, "messages"?, "response" | "responses"}."""
@@ -218,7 +163,7 @@ def run(cfg: Config) -> None:
     from rlhfkit.losses import RM_LOSSES
     from rlhfkit.models import add_lora, count_parameters, load_tokenizer, save_model
     from rlhfkit.rewards.rm import ENSEMBLE_FILE, NORM_FILE, RewardScorer, encode, pad_id_for, score_ids
-    from rlhfkit.stages.eval_reward import evaluate, ranking_metrics, summary
+    from rlhfkit.stages.eval_reward import evaluate_reward_model, ranking_metrics, summary
 
     rank, world = distributed.setup()
     if cfg.loss not in RM_LOSSES:
@@ -261,7 +206,7 @@ def run(cfg: Config) -> None:
         by_prompt.setdefault(prompt_key(r), []).append(i)
     groups = list(by_prompt.values())
 
-    loss_fn_named = RM_LOSSES[cfg.loss]
+    rm_loss = RM_LOSSES[cfg.loss]
     unit = UNITS[cfg.loss]
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -271,11 +216,15 @@ def run(cfg: Config) -> None:
               f"{len(eval_set)} held out; "
               f"loss {cfg.loss}, {cfg.ensemble} member(s), {world} process(es)")
 
-    def loss_fn(m, mb):
+    # each micro-batch's accuracy weighed as its loss is (by pairs or rankings); the metrics of
+    # backward_micro_batches would weigh every micro-batch the same, so they are collected here
+    accuracy_shares: list[float] = []
+
+    def loss_fn(model, mb):
         ids = [x for r in mb["rankings"] for x in r]
-        scores = m(**_collated(ids, pad_id)).logits[:, 0].float()
-        loss, metrics = loss_fn_named(scores, mb["lengths"])
-        mb["metrics"] = metrics
+        scores = model(**_collated(ids, pad_id)).logits[:, 0].float()
+        loss, metrics = rm_loss(scores, mb["lengths"])
+        accuracy_shares.append(metrics["rm/accuracy"] * mb["weight"])
         return loss * mb["weight"], {}
 
     @torch.no_grad()
@@ -283,14 +232,13 @@ def run(cfg: Config) -> None:
         model.eval()
         flat = score_ids(model, [x for e in eval_enc for x in e], pad_id, cfg.eval_batch_size)
         model.train()
-        m, _ = ranking_metrics(list(flat.split([len(e) for e in eval_enc])))
-        return {k: m[k] for k in ("rm/accuracy", "rm/top1_accuracy", "rm/ece")}
+        metrics, _ = ranking_metrics(list(flat.split([len(e) for e in eval_enc])))
+        return {k: metrics[k] for k in ("rm/accuracy", "rm/top1_accuracy", "rm/ece")}
 
     # ---- members: one after another, each a complete HF model dir with its normalisation
-    member_dirs = [out] if cfg.ensemble == 1 else [out / f"member-{m}" for m in range(cfg.ensemble)]
-    steps_done = 0
-    for m, mdir in enumerate(member_dirs):
-        seed = cfg.seed + m
+    member_dirs = [out] if cfg.ensemble == 1 else [out / f"member-{i}" for i in range(cfg.ensemble)]
+    for member, mdir in enumerate(member_dirs):
+        seed = cfg.seed + member
         idx = bootstrap(groups, seed) if (cfg.ensemble > 1 and cfg.bootstrap) else list(range(len(train)))
         data = [encoded[i] for i in idx]
         max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(data) / cfg.batch_size))
@@ -303,21 +251,17 @@ def run(cfg: Config) -> None:
         distributed.set_threads(model, cfg.threads)
         optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
         ckpts = Checkpoints(mdir, cfg.keep_checkpoints, config=cfg)
-        step = 0
-        if (latest := ckpts.latest()) is not None:
-            step = ckpts.load(latest, model, optimizer)["step"]
+        step, _ = ckpts.resume(model, optimizer)
         ddp_model = distributed.wrap_ddp(model)
-        if distributed.is_main() and m == 0:
+        if distributed.is_main() and member == 0:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"reward: {count_parameters(model) / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable), "
                   f"{max_steps} steps per member" + (f", resuming at step {step}" if step else ""))
         log = MetricsLog(mdir, resume_step=step)
-        bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{m}]")
+        bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{member}]")
         timer, train_s = Timer(), 0.0
         while step < max_steps:
-            lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
+            lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
             batch = [data[i] for i in batch_indices(step, cfg.batch_size, len(data), seed)]
             total_units = sum(unit(len(r)) for r in batch)
             per_rank = cfg.batch_size // world
@@ -327,7 +271,9 @@ def run(cfg: Config) -> None:
                 part = local[i:i + cfg.micro_batch_size]
                 mbs.append({"rankings": part, "lengths": [len(r) for r in part],
                             "weight": sum(unit(len(r)) for r in part) / total_units})
-            loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world)[0])
+            accuracy_shares.clear()
+            loss, _ = backward_micro_batches(ddp_model, mbs, loss_fn, world)
+            loss = distributed.all_reduce_sum(loss)
             grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -335,8 +281,8 @@ def run(cfg: Config) -> None:
 
             dt = timer.lap()
             train_s += dt
-            acc = sum(mb["metrics"]["rm/accuracy"] * mb["weight"] for mb in mbs)  # this rank's share
-            metrics = {"train/loss": loss, "train/accuracy": distributed.all_reduce_sum(acc), "train/lr": lr,
+            accuracy = distributed.all_reduce_sum(sum(accuracy_shares))  # the ranks' shares add up
+            metrics = {"train/loss": loss, "train/accuracy": accuracy, "train/lr": lr,
                        "train/grad_norm": grad_norm, "time/step_s": dt, "time/train_s": train_s,
                        "time/responses_per_s": sum(len(r) for r in batch) / dt}
             bar.update(1)
@@ -351,14 +297,13 @@ def run(cfg: Config) -> None:
             distributed.barrier()
             timer.lap()
         bar.close()
-        steps_done += max_steps
 
         if distributed.is_main():
             plain = plain_model(model)
             norm = normalise(plain, norm_ids, pad_id, cfg.eval_batch_size)
             save_model(plain, tokenizer, mdir)
             atomic_write_text(mdir / NORM_FILE, json.dumps(norm, indent=1) + "\n")
-            print(f"reward: member {m} done at step {step}, normalised with mean {norm['mean']:.4f} "
+            print(f"reward: member {member} done at step {step}, normalised with mean {norm['mean']:.4f} "
                   f"std {norm['std']:.4f} over {norm['n']} responses -> {mdir}")
         del model, ddp_model, optimizer
         distributed.barrier()
@@ -367,14 +312,15 @@ def run(cfg: Config) -> None:
     if distributed.is_main():
         if cfg.ensemble > 1:
             atomic_write_text(out / ENSEMBLE_FILE, json.dumps({
-                "members": [d.name for d in member_dirs], "seeds": [cfg.seed + m for m in range(cfg.ensemble)],
+                "members": [d.name for d in member_dirs], "seeds": [cfg.seed + i for i in range(cfg.ensemble)],
                 "bootstrap": cfg.bootstrap, "loss": cfg.loss}, indent=1) + "\n")
         else:  # an earlier ensemble in the same dir would shadow this model in RewardScorer.load
             (out / ENSEMBLE_FILE).unlink(missing_ok=True)
         if eval_set:
-            final = evaluate(RewardScorer.load(out), eval_set, out, cfg.eval_batch_size,
-                             title=f"reward model {out} ({len(eval_set)} held-out rankings)",
-                             extra={"model": cfg.model, "data": cfg.data, "eval_data": cfg.eval_data or None})
+            final = evaluate_reward_model(RewardScorer.load(out), eval_set, out, cfg.eval_batch_size,
+                                          title=f"reward model {out} ({len(eval_set)} held-out rankings)",
+                                          extra={"model": cfg.model, "data": cfg.data,
+                                                 "eval_data": cfg.eval_data or None})
             _log_final(out / "metrics.jsonl", max_steps, final)
             print(f"reward: held-out {summary(final)}")
         print(f"reward: done -> {out}")
