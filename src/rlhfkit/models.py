@@ -315,6 +315,8 @@ def kv_cache_kwargs(model, cache) -> dict:
     import inspect
 
     inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft passes the keyword on to the model it wraps
+        inner = inner.get_base_model()
     return {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
 
 

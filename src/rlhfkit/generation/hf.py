@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.generation.rollout import Rollout, unwrap
+from rlhfkit.models import kv_cache_kwargs
 
 
 class HFRunner:
@@ -23,6 +24,8 @@ class HFRunner:
         except TypeError:  # older transformers
             self.cache = DynamicCache()
         self.extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
+        # the name the unwrapped model's forward takes the cache under (a peft wrapper passes it on)
+        self.cache_arg = next(iter(kv_cache_kwargs(hf, None)))
         self.attn = torch.zeros(batch, max_len, dtype=torch.long, device=hf.device)
         self.n = 0
 
@@ -30,7 +33,7 @@ class HFRunner:
         B, S = ids.shape
         self.n += S
         out = self.model(input_ids=ids, attention_mask=self.attn[:B, : self.n], position_ids=pos,
-                         past_key_values=self.cache, use_cache=True, **self.extra)
+                         use_cache=True, **{self.cache_arg: self.cache}, **self.extra)
         return out.logits[:, -1].float()
 
     def prefill(self, ids, mask, pos, rows=None):
