@@ -87,7 +87,7 @@ def arithmetic_doc(rng: random.Random, held: set) -> str:
 
 
 
-# three-digit operands for prompts_math_ood: the world's other numbers stop at 197 (99 + 98; a
+# three-digit operands for prompts_math_ood: the world's other numbers stop at 198 (99 + 99; a
 # worked step's tens add to at most 180), so an operand of 200 or more is one the model never saw
 OOD_OPERANDS = range(200, 1000)
 
