@@ -358,7 +358,7 @@ def run(cfg: Config) -> None:
         save_model(model, tokenizer, out)
         if held:
             atomic_write_text(out / "eval.json", json.dumps(
-                {"step": step, "pairs": len(held), **{k: v for k, v in final.items() if k.startswith("eval/")}},
+                {"step": step, "pairs": len(held), **{k: float(f"{v:.7g}") for k, v in final.items() if k.startswith("eval/")}},
                 indent=1) + "\n")
             print(f"dpo: held-out reward accuracy {final['eval/reward_accuracy']:.3f}, "
                   f"margin {final['eval/margin']:.3f} over {len(held)} pairs")
