@@ -372,3 +372,23 @@ def test_sigkill_then_rerun_is_bitwise_identical(lm, tmp_path):
     assert [m["step"] for m in mb] == [m["step"] for m in ma] == list(range(1, 31))  # none duplicated or missing
     assert [m["dpo/loss"] for m in ma] == [m["dpo/loss"] for m in mb]
     assert [m.get("eval/loss") for m in ma] == [m.get("eval/loss") for m in mb]
+
+
+def test_two_processes_match_one(lm, tmp_path):
+    """torchrun x 2: each rank its half of the batch and of the reference pass; the same run."""
+    data = _write(tmp_path / "pairs.jsonl", _rankings(40))
+    args = lambda out: ["dpo", *[x for s in [f"model={lm}", f"data={data}", f"out={out}", *FAST, "max_steps=4",
+                                             "micro_batch_size=2", "eval_every=2", "learning_rate=1e-3"]
+                                 for x in ("--set", s)]]
+    rlhfkit(*args(tmp_path / "one"))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "rlhfkit", *args(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("dpo: done") == 1  # rank 0 alone prints and logs
+    one, two = metrics(tmp_path / "one" / "metrics.jsonl"), metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [m["step"] for m in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for k in ("dpo/loss", "dpo/margin", "dpo/reward_accuracy", "eval/loss", "eval/margin"):
+            assert abs(a.get(k, 0) - b.get(k, 0)) < 1e-5, (a["step"], k, a.get(k), b.get(k))
+    assert "eval/loss" in two[1] and "eval/loss" in two[3]
