@@ -195,17 +195,23 @@ def plain_pair_logprobs(lm, prompt_ids, prompt_mask, prompt_index, response_ids,
 
 
 @torch.no_grad()
-def all_pair_logprobs(pair_lm: PairLM, encoded: list, pad_id: int, batch_size: int) -> torch.Tensor:
-    """(N, 2) [chosen, rejected] log-probabilities of every pair, the ranks sharing the work."""
+def all_pair_logprobs(pair_lm: PairLM, encoded: list, pad_id: int, batch_size: int, desc: str = "") -> torch.Tensor:
+    """(N, 2) [chosen, rejected] log-probabilities of every pair, the ranks sharing the work
+    (a progress bar named `desc`, if given)."""
     import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     out = torch.zeros(len(encoded), 2, dtype=torch.float64)
     mine = list(range(rank, len(encoded), world))
+    bar = progress(len(mine), 0, desc) if desc else None
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
         lp = pair_lm(**collate_pairs([encoded[j] for j in idx], pad_id))
         out[idx] = lp.view(2, -1).T.double()
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     if dist.is_initialized():
         dist.all_reduce(out)  # each row is non-zero on one rank only
     return out.float()
@@ -224,7 +230,7 @@ def reference_logprobs(ref_lm, encoded: list, pad_id: int, batch_size: int, cach
         return torch.load(path), True
     was_training = ref_lm.training
     ref_lm.eval()
-    ref = all_pair_logprobs(PairLM(ref_lm), encoded, pad_id, batch_size)
+    ref = all_pair_logprobs(PairLM(ref_lm), encoded, pad_id, batch_size, desc="dpo reference")
     ref_lm.train(was_training)
     if distributed.is_main():
         import io
@@ -272,8 +278,10 @@ def run(cfg: Config) -> None:
     model.generation_config.eos_token_id = eos_token_ids(model, tokenizer)
     distributed.set_threads(model, cfg.threads)
     ref_lm = load_causal_lm(cfg.ref_model) if cfg.ref_model and cfg.ref_model != cfg.model else model
+    ref_timer = Timer()
     ref_lp, cached = reference_logprobs(ref_lm, encoded, pad, cfg.eval_batch_size,
                                         Path(cfg.ref_cache) if cfg.ref_cache else out / "ref_logprobs")
+    ref_s = ref_timer.lap()  # logged with the first step: the one-off cost the cache saves
     del ref_lm
     torch.manual_seed(cfg.seed)
     if cfg.lora:  # the frozen base is the reference: adapters off = the model ref_lp came from
@@ -341,11 +349,13 @@ def run(cfg: Config) -> None:
                    for k in mbs[0]["metrics"]}
         metrics.update({"dpo/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "time/step_s": dt,
                         "time/tokens_per_s": tokens / dt, "time/pairs_per_s": cfg.batch_size / dt})
+        if ref_s is not None:
+            metrics["time/ref_s"], ref_s = ref_s, None
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['dpo/reward_accuracy']:.2f}", refresh=False)
         if ((cfg.eval_every and step % cfg.eval_every == 0) or step == max_steps) and held:
             metrics.update(evaluate())
-        if step % cfg.log_every == 0 or step == max_steps or "eval/loss" in metrics:
+        if step % cfg.log_every == 0 or step == max_steps or "eval/loss" in metrics or "time/ref_s" in metrics:
             log.log(step, metrics)
         if (cfg.save_every and step % cfg.save_every == 0) or step == max_steps:
             ckpts.save(step, model, optimizer)
