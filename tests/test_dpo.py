@@ -392,3 +392,20 @@ def test_two_processes_match_one(lm, tmp_path):
         for k in ("dpo/loss", "dpo/margin", "dpo/reward_accuracy", "eval/loss", "eval/margin"):
             assert abs(a.get(k, 0) - b.get(k, 0)) < 1e-5, (a["step"], k, a.get(k), b.get(k))
     assert "eval/loss" in two[1] and "eval/loss" in two[3]
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "oasst-en-100-trees.jsonl").is_file(), reason="../shared/data is absent")
+def test_real_files_give_their_pairs():
+    """HH-RLHF: one pair a record; OASST: every K-way sibling ranking gives K(K-1)/2."""
+    from rlhfkit.feedback.formats import read_preferences
+
+    hh = SHARED / "hh-rlhf-harmless-base-test.jsonl.gz"
+    train, held = dpo.load_pairs(load_config(dpo.Config, sets=[f"data={hh}", "eval_fraction=0.1"]))
+    assert len(train) + len(held) == 2312 and 150 < len(held) < 300  # a tenth of the prompts (some repeat)
+    oasst = SHARED / "oasst-en-100-trees.jsonl"
+    ks = [len(r["responses"]) for r in read_preferences(oasst)]
+    train, held = dpo.load_pairs(load_config(dpo.Config, sets=[f"data={oasst}", "eval_fraction=0"]))
+    assert len(train) == sum(k * (k - 1) // 2 for k in ks) and not held and max(ks) > 2
