@@ -349,3 +349,55 @@ def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
             "grpo/ratio_mean": float(masked_mean(torch.exp(log_ratio), mask)),
         }
     return loss, metrics
+
+
+def _dpo_metrics(loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, beta: float) -> dict[str, float]:
+    """TRL's reward metrics under our names: rewards are beta * the *summed* logratios for every
+    loss (IPO's length normalisation changes the loss only), accuracy counts strict wins."""
+    c, r = beta * chosen.detach().float(), beta * rejected.detach().float()
+    return {"dpo/loss": float(loss.detach()), "dpo/reward_accuracy": float((c > r).float().mean()),
+            "dpo/margin": float((c - r).mean()), "dpo/chosen_reward": float(c.mean()),
+            "dpo/rejected_reward": float(r.mean())}
+
+
+def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+                     chosen_lengths: torch.Tensor | None = None,
+                     rejected_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO (Rafailov et al. 2023, eq. 7): -log sigmoid(beta * (logratio_c - logratio_r)), mean over pairs.
+
+    chosen_logratios, rejected_logratios: (B,) summed over response tokens. The Bradley-Terry
+    likelihood of the pair under the implicit reward beta * logratio; `logsigmoid` stays finite
+    for large negative margins. The lengths are not used (DPO's reward is the sum over tokens);
+    they are accepted so that every DPO_LOSSES entry is called the same way. Equals TRL's
+    DPOTrainer loss_type="sigmoid" (label_smoothing 0).
+    """
+    delta = chosen_logratios.float() - rejected_logratios.float()
+    loss = -F.logsigmoid(beta * delta).mean()
+    return loss, _dpo_metrics(loss, chosen_logratios, rejected_logratios, beta)
+
+
+def dpo_ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+                 chosen_lengths: torch.Tensor | None = None,
+                 rejected_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """IPO (Azar et al. 2023, eq. 17, tau = beta): (h - 1 / (2 beta))^2, mean over pairs.
+
+    h = logratio_c - logratio_r regresses onto a fixed margin instead of being pushed to
+    infinity, so IPO does not overfit deterministic preferences the way DPO can. With
+    `chosen_lengths` / `rejected_lengths` ((B,) response token counts) each logratio is first
+    averaged over its tokens, h = logratio_c / n_c - logratio_r / n_r: summed logratios grow
+    with the response, so the squared loss and a fixed 1/(2 beta) target would depend on length.
+    That per-token form is what TRL's loss_type="ipo" computes (they report it is the form the
+    IPO authors used for the paper's results), and what `rlhfkit dpo` passes; without lengths
+    this is eq. 17 on sums.
+    """
+    c, r = chosen_logratios.float(), rejected_logratios.float()
+    if chosen_lengths is not None and rejected_lengths is not None:
+        c = c / chosen_lengths.float().clamp(min=1.0)
+        r = r / rejected_lengths.float().clamp(min=1.0)
+    loss = ((c - r - 1.0 / (2.0 * beta)) ** 2).mean()
+    return loss, _dpo_metrics(loss, chosen_logratios, rejected_logratios, beta)
+
+
+# DPO_LOSSES[name](chosen_logratios, rejected_logratios, beta, chosen_lengths=None, rejected_lengths=None)
+# -> (loss, metrics with dpo/loss, dpo/reward_accuracy, dpo/margin, dpo/chosen_reward, dpo/rejected_reward)
+DPO_LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": dpo_ipo_loss}

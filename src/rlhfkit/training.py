@@ -120,7 +120,7 @@ class Checkpoints:
 
     # keys that may change between a run and its resume (extend it, log differently, ...)
     RESUMABLE = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "keep_checkpoints", "threads",
-                 "eval_batches", "eval_max_prompts", "out"}  # out: a run dir moved or copied still resumes
+                 "eval_batches", "eval_max_prompts", "eval_batch_size", "ref_cache", "out"}  # out: a run dir moved or copied still resumes
 
     def __init__(self, out: str | Path, keep: int = 2, config=None):
         self.dir = Path(out) / "checkpoints"
