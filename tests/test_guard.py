@@ -1,0 +1,219 @@
+"""The over-optimisation guard: its signals by hand, each stop rule firing and not, the shipped
+checkpoint, spot checks answered through a real feedback store (a simulated person, and a
+person in another thread), observe mode, resume, and that a gold score in the samples is never read."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+
+from rlhfkit.feedback.store import FeedbackStore
+from rlhfkit.files import UserError
+from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
+                           guard_mode, make_guard, rate_with_noise, repetition_rate, simulated_responder)
+
+QUALITY = "test_guard:quality"
+
+
+def quality(prompt: str, response: str) -> float:
+    """The test's person: responses read 'quality N ...'."""
+    return float(response.split()[1])
+
+
+def test_signals_by_hand():
+    # words a b a b c: 3 distinct of 5 unigrams; bigrams ab ba (text 1) and bc (text 2): 3 of 3
+    assert distinct_n(["a b a", "b c"], 1) == pytest.approx(3 / 5)
+    assert distinct_n(["a b a", "b c"], 2) == 1.0
+    assert distinct_n([""], 2) == 0.0
+    # "the the the the": trigrams ttt ttt -> 1 repeat of 2; "a b c a b c": abc bca cab abc -> 1 of 4
+    assert repetition_rate("the the the the") == 0.5
+    assert repetition_rate("A b c a b c") == 0.25 and repetition_rate("why did the owl") == 0.0
+    # outcomes 1 1 0 0.5: mean 0.625; p~ = 3.5 / 6, se = sqrt(p~ (1 - p~) / 6) = 0.20127
+    p, se = rate_with_noise([1, 1, 0, 0.5])
+    assert p == 0.625 and se == pytest.approx(math.sqrt(3.5 / 6 * 2.5 / 6 / 6))
+    assert rate_with_noise([1.0] * 16)[1] == pytest.approx(math.sqrt(17 / 18 * 1 / 18 / 18))  # 0.054, not 0
+    assert rate_with_noise([]) == (None, None)
+    # the RM's margin agrees with the label / disagrees / ties on either side
+    assert agreement_outcomes([1.0, -2.0, 0.0, 0.5], [1.0, 1.0, 0.0, 0.5]) == [1.0, 0.0, 0.5, 0.5]
+
+
+def _h(step=0, **kw):
+    base = {"step": step, "kl": 0.0, "length_ratio": 1.0, "repetition": 0.05, "ensemble_std_rel": None,
+            "win_rate": 0.5, "win_se": 0.0, "agreement": None, "agreement_se": None, "labels": 0, "fired": []}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("rule,history,limits,fires", [
+    ("kl_budget", [_h(kl=30.0)], Limits(kl_budget=25), True),
+    ("kl_budget", [_h(kl=20.0)], Limits(kl_budget=25), False),
+    ("kl_budget", [_h(kl=30.0)], Limits(kl_budget=0), False),  # 0: no budget
+    ("disagreement", [_h(ensemble_std_rel=2.5)], Limits(disagreement_rise=2), True),
+    ("disagreement", [_h(ensemble_std_rel=1.5)], Limits(disagreement_rise=2), False),
+    ("disagreement", [_h()], Limits(disagreement_rise=2), False),  # one reward model: no signal
+    # best 0.8 (se 0.1) -> 0.5 (se 0.1): drop 0.3 > 1 x hypot(0.1, 0.1) = 0.141
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.5, win_se=0.1)], Limits(win_drop=1), True),
+    # -> 0.7: drop 0.1 < 0.141, within the noise
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.7, win_se=0.1)], Limits(win_drop=1), False),
+    # 3 standard errors: 0.3 < 0.424
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.5, win_se=0.1)], Limits(win_drop=3), False),
+    # agreement 0.9 -> 0.6: drop 0.3 > max(hypot(0.05, 0.05), 0.25); -> 0.7: 0.2 < 0.25
+    ("agreement", [_h(0), _h(10, agreement=0.9, agreement_se=0.05), _h(20, agreement=0.6, agreement_se=0.05)],
+     Limits(agreement_drop=0.25), True),
+    ("agreement", [_h(0), _h(10, agreement=0.9, agreement_se=0.05), _h(20, agreement=0.7, agreement_se=0.05)],
+     Limits(agreement_drop=0.25), False),
+    ("length", [_h(length_ratio=0.4)], Limits(length_ratio=2), True),
+    ("length", [_h(length_ratio=2.5)], Limits(length_ratio=2), True),
+    ("length", [_h(length_ratio=1.5)], Limits(length_ratio=2), False),
+    ("repetition", [_h(0), _h(10, repetition=0.35)], Limits(repetition_rise=0.25), True),  # rise 0.30
+    ("repetition", [_h(0), _h(10, repetition=0.25)], Limits(repetition_rise=0.25), False),  # rise 0.20
+])
+def test_stop_rules(rule, history, limits, fires):
+    reason = STOP_RULES[rule](history, limits)
+    assert (reason is not None) == fires, reason
+    if fires:
+        assert isinstance(reason, str) and reason
+
+
+def test_choose_shipped_by_hand():
+    h = [_h(0), _h(10, win_rate=0.7, labels=8), _h(20, win_rate=0.9, labels=8, fired=["kl_budget"]),
+         _h(30, win_rate=0.7, labels=8)]
+    assert choose_shipped(h) == 10  # 20 fired; 10 and 30 tie at 0.7: the earlier
+    assert choose_shipped([_h(0), _h(10, win_rate=0.4, labels=8)]) == 0  # the start beats a losing policy
+    assert choose_shipped([_h(0), _h(10), _h(20, fired=["length"])]) == 10  # no labels: the last step before
+
+
+def test_mode_defaults_on_for_a_learned_reward():
+    assert guard_mode("", "rm:runs/x/rm") == "on" and guard_mode("", "format+rm:x") == "on"
+    assert guard_mode("", "math") == "off" and guard_mode("observe", "math") == "observe"
+    with pytest.raises(UserError, match="expected one of on, observe, off"):
+        guard_mode("maybe", "math")
+    assert make_guard(GuardKeys(), "math", "x", 0) is None
+
+
+# ---------------------------------------------------------------- the Guard through a real store
+
+PROMPTS = [f"Tell me a joke about animal {i}." for i in range(6)]
+RECORDS = [{"prompt": p, "messages": [{"role": "user", "content": p}]} for p in PROMPTS]
+# (step, quality of the policy's response, proxy reward): the person's score rises then falls,
+# the proxy keeps rising: over-optimisation at step 30
+RUN = [(0, 5, 0.0), (10, 7, 1.0), (20, 8, 2.0), (30, 2, 3.0), (40, 9, 4.0)]
+
+
+def _samples(step, q, reward, gold=None):
+    return [{"step": step, "prompt": p, "response": f"quality {q} joke {i} about it",
+             "reward": reward + 0.01 * i, **({"gold": gold} if gold is not None else {})}
+            for i, p in enumerate(PROMPTS)]
+
+
+def _guard(tmp_path, mode="on", respond=True, **kw):
+    saved = []
+
+    def save_best(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "step.txt").write_text(str(current[0]))
+        saved.append(current[0])
+    current = [0]
+    g = Guard(mode, tmp_path / "out", Limits(), spot_checks=4,
+              respond=simulated_responder(QUALITY, 0.0, seed=0) if respond else None, save_best=save_best, **kw)
+    return g, current, saved
+
+
+def _drive(g, current, run=RUN, gold=None):
+    stops = []
+    for step, q, reward in run:
+        current[0] = step
+        metrics, stop = g.on_eval(step, RECORDS, _samples(step, q, reward, gold), {"policy/kl_ref": step / 10})
+        stops.append(stop)
+        if stop:
+            break
+    return stops, metrics
+
+
+def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
+    g, current, saved = _guard(tmp_path)
+    stops, metrics = _drive(g, current)
+    assert stops == [False, False, False, True]  # stopped at step 30, step 40 never ran
+    gj = json.loads((tmp_path / "out" / "guard.json").read_text())
+    # a noiseless person prefers quality 7 and 8 over the start's 5 every time (win rate 1), and 2 never:
+    # the win rate falls 1 -> 0 and the RM (always preferring the policy) falls from agreeing 1 -> 0
+    assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0]
+    assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0]
+    assert gj["stop_step"] == 30 and "win_rate" in gj["reason"] and "agreement" in gj["reason"]
+    assert gj["shipped_step"] == 10 and saved == [0, 10]  # 10 and 20 tie: the earlier
+    assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"
+    assert gj["labels_used"] == 12 and metrics["guard/labels_used"] == 12.0  # 4 per eval after step 0
+    assert metrics["guard/stop"] == 1.0 and metrics["guard/shipped_step"] == 10.0 and gj["criterion"]
+    with FeedbackStore.for_run(tmp_path / "out") as store:
+        rows = store.rankings()
+    assert len(rows) == 12 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
+    assert {m for r in rows for m in r["models"]} == {"step-0", "step-10", "step-20", "step-30"}
+
+
+def test_observe_runs_on_and_keeps_what_it_would_have_shipped(tmp_path):
+    g, current, saved = _guard(tmp_path, mode="observe")
+    stops, _ = _drive(g, current)
+    assert stops == [False] * 5  # ran to the end
+    gj = json.loads((tmp_path / "out" / "guard.json").read_text())
+    assert gj["stop_step"] == 30 and gj["shipped_step"] == 10 and gj["mode"] == "observe"
+    # step 40 wins every spot check, but came after the would-be stop: best/ stays step 10's
+    assert gj["evals"][-1]["win_rate"] == 1.0 and saved == [0, 10]
+    assert gj["labels_used"] == 12 and gj["labels_total"] == 16
+
+
+def test_gold_in_the_samples_changes_nothing(tmp_path):
+    outs = []
+    for i, gold in enumerate([None, 0.1, 99.0]):
+        g, current, _ = _guard(tmp_path / str(i))
+        _drive(g, current, gold=gold)
+        outs.append(json.loads((tmp_path / str(i) / "out" / "guard.json").read_text()))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_resume_from_state_dict_continues_exactly(tmp_path):
+    g, current, _ = _guard(tmp_path / "a", mode="observe")
+    _drive(g, current)
+    straight = json.loads((tmp_path / "a" / "out" / "guard.json").read_text())
+
+    g, current, _ = _guard(tmp_path / "b", mode="observe")
+    _drive(g, current, run=RUN[:2])
+    state = json.loads(json.dumps(g.state_dict()))  # JSON-able, as the checkpoint stores it
+    g2, current2, _ = _guard(tmp_path / "b", mode="observe")
+    g2.load_state_dict(state)
+    _drive(g2, current2, run=RUN[2:])
+    assert json.loads((tmp_path / "b" / "out" / "guard.json").read_text()) == straight
+
+
+def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):
+    # no one ranks: the eval waits wait_s, then goes on with no labels
+    g, current, _ = _guard(tmp_path / "alone", respond=False, wait_s=0.3, poll_s=0.05)
+    t = time.monotonic()
+    _drive(g, current, run=RUN[:2])
+    assert time.monotonic() - t >= 0.3 and g.history[-1]["labels"] == 0 and g.history[-1]["win_rate"] is None
+
+    # a person (another thread, as the web app would) ranks the tasks as they appear
+    out = tmp_path / "person" / "out"
+    done = threading.Event()
+
+    def person():
+        with FeedbackStore.for_run(out) as store:
+            me = store.annotator("alice")
+            while not done.is_set():
+                for task_id in store.open_tasks(me["id"], "arena"):
+                    task = store.task(task_id)
+                    order = sorted(task["responses"], key=lambda r: -quality("", r["text"]))
+                    store.submit_ranking(task_id, me["id"], [r["id"] for r in order], source="human")
+                time.sleep(0.02)
+    FeedbackStore.for_run(out).close()  # create the schema before the person connects
+    th = threading.Thread(target=person)
+    th.start()
+    try:
+        g, current, _ = _guard(tmp_path / "person", respond=False, wait_s=20, poll_s=0.05)
+        _drive(g, current, run=RUN[:2])
+    finally:
+        done.set()
+        th.join()
+    assert g.history[-1]["labels"] == 4 and g.history[-1]["win_rate"] == 1.0
