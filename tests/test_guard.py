@@ -188,6 +188,11 @@ def test_resume_from_state_dict_continues_exactly(tmp_path):
 
 
 def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):
+    # no labeler and no wait: no one is asked, nothing is written to the store
+    g, current, _ = _guard(tmp_path / "nobody", respond=False)
+    _drive(g, current, run=RUN[:2])
+    assert g.history[-1]["labels"] == 0 and not (tmp_path / "nobody" / "out" / "feedback.db").exists()
+
     # no one ranks: the eval waits wait_s, then goes on with no labels
     g, current, _ = _guard(tmp_path / "alone", respond=False, wait_s=0.3, poll_s=0.05)
     t = time.monotonic()

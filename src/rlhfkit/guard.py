@@ -17,7 +17,9 @@ the last step) the guard measures on the held-out prompts, logged as guard/*:
   store and answered by whoever ranks in this run (`guard_labeler`: a simulated person that
   ranks through the store; empty: people on the ranking page, waited for up to
   `guard_wait_s`). From them the labeler's win rate of the policy over the start (with its
-  standard error) and the reward model's agreement with the labeler on those pairs.
+  standard error) and the reward model's agreement with the labeler on those pairs. Without a
+  `guard_labeler` and with `guard_wait_s = 0` (the default) no one is asked, and the guard
+  runs on its label-free signals.
 
 The guard never sees a gold score: it reads a sample's step, prompt, response and proxy reward
 only, and the labels only as rankings in the store (`labels_used` counts them).
@@ -68,7 +70,8 @@ class GuardKeys:
                                  "over its scores, through the store); empty: people (`rlhfkit label OUT`)")
     guard_labeler_temperature: float = key(0.15, "the simulated person's noise (0.15: two of them agree on ~71% of "
                                                  "pairs, as people do)")
-    guard_wait_s: float = key(300.0, "how long an eval waits for people to answer its spot checks, then goes on")
+    guard_wait_s: float = key(0.0, "with people (no guard_labeler): how long an eval waits for them to answer its spot "
+                                   "checks, then goes on with what it has (0: no spot checks without a guard_labeler)")
     guard_db: str = key("", "feedback store for the spot checks: a URL, an SQLite file or a run dir (empty: OUT/feedback.db)")
 
 
@@ -286,18 +289,12 @@ class Guard:
                         "guard/stop": float(stop_now)})
         return metrics, stop_now and self.mode == "on"
 
-    def finish(self, last_step: int) -> None:
-        """At the end of a run no rule stopped: the reason says so (guard.json already holds the rest)."""
-        if self.stop_step is None and not self.reason:
-            self.reason = f"no stop rule fired by the last step ({last_step})"
-            self.write()
-
     # ---- spot checks through the store
     def _spot_check(self, step: int, records: list[dict], seen: list[dict]) -> tuple[list[float], list[float]]:
         """Ask up to spot_checks fresh comparisons (policy vs start, same prompt), answered through the
         store; -> (outcomes for the policy, the reward model's margins) of those answered."""
-        if not self.spot_checks:
-            return [], []
+        if not self.spot_checks or (self.respond is None and self.wait_s <= 0):
+            return [], []  # no one to ask
         result = None
         if self.is_main:
             differ = [i for i, s in enumerate(seen) if s["response"] != self.start["responses"][i]]
@@ -365,7 +362,8 @@ class Guard:
     # ---- outputs and resume
     def summary(self) -> dict:
         return {"mode": self.mode, "shipped_step": self.shipped_step, "stop_step": self.stop_step,
-                "reason": self.reason or "running", "labels_used": self.labels_used,
+                "reason": self.reason or (f"no stop rule fired up to step {self.history[-1]['step']}"
+                                            if self.history else "no eval yet"), "labels_used": self.labels_used,
                 "labels_total": self.labels_total, "criterion": SHIPPED_CRITERION,
                 "rules": {name: v for name, v in asdict(self.limits).items()},
                 "spot_checks_per_eval": self.spot_checks, "evals": self.history}
