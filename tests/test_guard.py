@@ -147,6 +147,9 @@ def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
     assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"
     assert gj["labels_used"] == 12 and metrics["guard/labels_used"] == 12.0  # 4 per eval after step 0
     assert metrics["guard/stop"] == 1.0 and metrics["guard/shipped_step"] == 10.0 and gj["criterion"]
+    # the exploits: step 30's responses lost every spot check while the RM preferred them by 3.0
+    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(30, 3.0)] * 4
+    assert gj["exploits"][0]["response"].startswith("quality 2") and gj["exploits"][0]["start_response"].startswith("quality 5")
     with FeedbackStore.for_run(tmp_path / "out") as store:
         rows = store.rankings()
     assert len(rows) == 12 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}

@@ -245,6 +245,7 @@ class Guard:
         self.shipped_step: int | None = None
         self.labels_used = 0  # labels read up to the stop (what an `on` run spends)
         self.labels_total = 0
+        self.exploits: list[dict] = []  # lost spot checks the reward model preferred: what RL found to game
 
     # ---- what the loop calls
     def on_eval(self, step: int, records: list[dict], samples: list[dict], step_metrics: dict) -> tuple[dict, bool]:
@@ -327,7 +328,8 @@ class Guard:
         pair = [policy_id, start_id] if rng.random() < 0.5 else [start_id, policy_id]  # no side for position bias
         task_id = store.create_task(pid, pair, kind="arena")
         ask = {"step": step, "task_id": task_id, "policy_id": policy_id, "start_id": start_id,
-               "margin": sample["reward"] - self.start["rewards"][i]}
+               "margin": sample["reward"] - self.start["rewards"][i], "prompt": sample["prompt"],
+               "response": sample["response"], "start_response": self.start["responses"][i]}
         self.tasks.append(ask)
         return ask
 
@@ -351,6 +353,8 @@ class Guard:
             if a is not None:  # every ranking of the task counts (several people may answer one)
                 labels.append(outcome(r["response_ids"][0] == a["policy_id"], r["tie"]))
                 margins.append(a["margin"])
+                if labels[-1] == 0.0 and a["margin"] > 0:  # the RM preferred what the person did not
+                    self.exploits.append({k: a[k] for k in ("step", "prompt", "response", "start_response", "margin")})
         return labels, margins
 
     def _ensemble_std(self, records: list[dict], texts: list[str]) -> float | None:
@@ -366,7 +370,10 @@ class Guard:
                                             if self.history else "no eval yet"), "labels_used": self.labels_used,
                 "labels_total": self.labels_total, "criterion": SHIPPED_CRITERION,
                 "rules": {name: v for name, v in asdict(self.limits).items()},
-                "spot_checks_per_eval": self.spot_checks, "evals": self.history}
+                "spot_checks_per_eval": self.spot_checks, "evals": self.history,
+                # the top exploits seen up to the stop: lost to the start, preferred by the reward model
+                "exploits": sorted((e for e in self.exploits if self.stop_step is None or e["step"] <= self.stop_step),
+                                   key=lambda e: -e["margin"])[:5]}
 
     def write(self) -> None:
         if self.is_main:
@@ -376,7 +383,7 @@ class Guard:
     def state_dict(self) -> dict:
         return {"start": self.start, "history": self.history, "tasks": self.tasks, "stop_step": self.stop_step,
                 "reason": self.reason, "shipped_step": self.shipped_step, "labels_used": self.labels_used,
-                "labels_total": self.labels_total}
+                "labels_total": self.labels_total, "exploits": self.exploits}
 
     def load_state_dict(self, d: dict) -> None:
         for k, v in d.items():
