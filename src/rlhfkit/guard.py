@@ -239,7 +239,7 @@ class Guard:
         self._store = None
         self.start: dict | None = None  # the starting policy: responses and rewards per eval prompt, signals
         self.history: list[dict] = []
-        self.tasks: list[dict] = []  # spot checks asked: {"step", "task_id", "policy_id", "start_id", "margin"}
+        self.tasks: list[dict] = []  # spot checks asked: step, task and response ids, RM margin, texts
         self.stop_step: int | None = None
         self.reason = ""
         self.shipped_step: int | None = None
