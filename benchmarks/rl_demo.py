@@ -100,17 +100,20 @@ def build(work: Path, d_model: int, n_layers: int, pre_steps: int, sft_steps: in
 def paired_eval(models: dict[str, Path], eval_path: Path, n: int) -> dict[str, list[float]]:
     """Greedy per-prompt correctness (0/1) of each model on the first `n` eval prompts, so that
     accuracy differences can be judged paired (same prompts) rather than as two independent means."""
-    from rlhfkit import rl
     from rlhfkit.models import eos_token_ids, load_causal_lm, load_tokenizer
-    from rlhfkit.stages.grpo import Config
+    from rlhfkit.rewards.spec import resolve_reward
+    from rlhfkit.rl.config import RolloutSpec
+    from rlhfkit.rl.evaluate import evaluate
+    from rlhfkit.rl.setup import load_prompts
 
     out = {}
+    spec = RolloutSpec(group_size=1, max_new_tokens=48, temperature=1.0, top_p=1.0, generation_batch_size=100,
+                       micro_batch_size=8, seed=0, backend="torch", missing_eos_penalty=0.0)
     for name, path in models.items():
         tok, policy = load_tokenizer(str(path)), load_causal_lm(str(path)).eval()
-        reward = rl.resolve_reward("math")
-        recs = rl.load_prompts(str(eval_path), tok, reward, 256, n)
-        cfg = Config(eval_temperature=0.0, max_new_tokens=48, generation_batch_size=100)
-        _, samples = rl.evaluate(policy, tok, recs, reward, cfg, 0, eos_token_ids(policy, tok), n_samples=len(recs))
+        reward = resolve_reward("math")
+        recs = load_prompts(str(eval_path), tok, reward, 256, n)
+        _, samples = evaluate(policy, tok, recs, reward, spec, 0, eos_token_ids(policy, tok), temperature=0.0)
         out[name] = [x["reward"] for x in samples]
     return out
 

@@ -77,3 +77,70 @@ def test_bad_conversation_lines_name_file_and_line(tmp_path, line, msg):
     (tmp_path / "bad.jsonl").write_text(good + "\n" + line + "\n")
     with pytest.raises(UserError, match=msg):
         read_conversations(tmp_path / "bad.jsonl")
+
+
+def test_gz_prompts_read_whole_and_truncated_is_one_error(tmp_path):
+    import gzip
+
+    from rlhfkit.data import read_prompts
+
+    lines = "".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(300))
+    (tmp_path / "p.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    recs = read_prompts(tmp_path / "p.jsonl.gz")
+    assert [r["prompt"] for r in recs] == [f"q{i}" for i in range(300)] and recs[7]["answer"] == "7"
+    whole = (tmp_path / "p.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) - 10])  # the last 10 bytes (crc, size) lost
+    with pytest.raises(UserError, match=r"cut.jsonl.gz: truncated or corrupt gzip file after line \d+"):
+        read_prompts(tmp_path / "cut.jsonl.gz")
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', r"x.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\)"),
+    (b'{"prompt": "a"}\n\x00\x01\x02\n', r"x.jsonl:2: binary data \(a NUL byte at column 1\)"),
+    # column 14: { " p r o m p t " : space " a, then the tab
+    (b'{"prompt": "a\tb"}\n', r"x.jsonl:1: malformed JSON \(Invalid control character at column 14\)"),
+    (b'["prompt"]\n', r"x.jsonl:1: expected a JSON object, got list"),
+    (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
+     r"x.jsonl:1: a prompt's messages must end with a user turn"),
+    (b'{"text": "a"}\n', r"x.jsonl:1: expected a 'prompt' string or a 'messages' list"),
+    (b"\n\n", r"x.jsonl: no prompts"),
+])
+def test_bad_prompt_files_name_file_line_and_column(tmp_path, content, msg):
+    from rlhfkit.data import read_prompts
+
+    (tmp_path / "x.jsonl").write_bytes(content)
+    with pytest.raises(UserError, match=msg):
+        read_prompts(tmp_path / "x.jsonl")
+
+
+def test_utf8_bom_and_jsonl_gz_documents(tmp_path):
+    import gzip
+
+    from rlhfkit.data import read_documents
+
+    (tmp_path / "a.txt").write_bytes("\ufeffone\n\ntwo\n".encode())
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "three"}\n'))
+    assert read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl.gz")]) == ["one", "two", "three"]
+    (tmp_path / "c.jsonl").write_text('{"text": "x"}\n{"text": 3}\n')
+    with pytest.raises(UserError, match=r"c.jsonl:2: expected an object with a string 'text' field"):
+        read_documents([str(tmp_path / "c.jsonl")])
+
+
+def test_conversation_starting_with_the_assistant_is_refused(tmp_path):
+    msgs = [{"role": "system", "content": "s"}, {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"messages": msgs}) + "\n")
+    with pytest.raises(UserError, match=r"c.jsonl:1: conversation starts with an assistant turn"):
+        read_conversations(tmp_path / "c.jsonl")
+
+
+def test_rankings_that_cannot_train():
+    from rlhfkit.data import check_rankings
+
+    pair = lambda a, b, line: {"responses": [a, b], "meta": {"file": "f.jsonl", "line": line}}  # noqa: E731
+    check_rankings([pair("a", "a", 1), pair("a", "b", 2)], "f.jsonl")  # one equal pair among others: fine
+    with pytest.raises(UserError, match="f.jsonl: every pair has chosen == rejected"):
+        check_rankings([pair("a", "a", 1), pair("c", "c", 2)], "f.jsonl")
+    with pytest.raises(UserError, match=r"f.jsonl:3: the ranking lists the same response twice \('x'\)"):
+        check_rankings([pair("a", "b", 1), {"responses": ["x", "y", "x"], "meta": {"file": "f.jsonl", "line": 3}}],
+                       "f.jsonl")

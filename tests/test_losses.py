@@ -3,13 +3,14 @@ gradient signs, and TRL's RewardTrainer loss on the same tensors."""
 
 import math
 import tempfile
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.losses import (GRPO_REDUCTIONS, KL_ESTIMATORS, POLICY_LOSSES, RM_LOSSES, grpo_policy_loss, kl_k1,
+from rlhfkit.losses import (GRPO_REDUCTIONS, KL_ESTIMATORS, RM_LOSSES, grpo_policy_loss, kl_k1,
                             kl_k2, kl_k3, pairwise_loss, plackett_luce_loss, ppo_policy_loss, ppo_value_loss,
                             ranking_loss, token_logprobs)
 
@@ -291,6 +292,14 @@ def _tiny_policy_step(loss_fn, advantage: float) -> float:
         return float(((token_logprobs(logits, tokens) - before) * mask).sum())
 
 
+def _ppo(lp, old, ref, adv, mask, clip=0.2, kl_coef=0.0):
+    return ppo_policy_loss(lp, old, adv, mask, clip=clip)  # the KL is in PPO's reward, not its loss
+
+
+# the policy losses the RL stages use (ppo; grpo and rloo with each reduction), in one form
+POLICY_LOSSES = {"ppo": _ppo, **{f"grpo_{r}": partial(grpo_policy_loss, reduction=r) for r in GRPO_REDUCTIONS}}
+
+
 @pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
 def test_policy_gradient_sign(name):
     def fn(lp, old, adv, mask):
@@ -366,10 +375,8 @@ def test_padding_does_not_change_policy_losses(name):
     assert (results[0][1][~mask] == 0).all()
 
 
-def test_ppo_refuses_a_kl_coefficient_and_grpo_needs_ref():
+def test_grpo_needs_ref_and_a_known_reduction():
     z, mask = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
-    with pytest.raises(ValueError, match="reward"):
-        POLICY_LOSSES["ppo"](z, z, z, z, mask, kl_coef=0.1)
     with pytest.raises(ValueError, match="ref_logprobs"):
         grpo_policy_loss(z, z, None, z, mask, kl_coef=0.1)
     with pytest.raises(ValueError, match="reduction"):

@@ -17,7 +17,9 @@ from conftest import metrics
 
 # the real CLI entry point (UserError -> one line, exit 2)
 RUNNER = "import sys; from rlhfkit.cli import main; sys.exit(main(sys.argv[1:]))"
-ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(Path(__file__).parent)}
+# the tests' directory (for reward=test_rl:...) before whatever PYTHONPATH already holds (a checkout's src)
+ENV = {"TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}
 
 
 def cli(*args, check=True, env=None, timeout=300):
@@ -102,14 +104,29 @@ def test_reward_specs(rl_data):
         resolve_reward("math").check([{"prompt": "hi"}], "p.jsonl")
 
 
-def test_rm_reward_is_mean_minus_k_std(rl_data):
+def test_rm_reward_is_mean_minus_k_std(rl_data, tiny_base, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from rlhfkit.rewards.rm import RewardScorer
     from rlhfkit.rewards.spec import resolve_reward
 
-    recs = records(rl_data)
-    got = resolve_reward(f"rm:{rl_data / 'rm'}", rm_uncertainty_k=2.0)(recs, ["3", "five"])[:, 0]
-    mean, std = RewardScorer.load(rl_data / "rm").score([x["messages"] for x in recs], ["3", "five"])
-    assert torch.allclose(got, mean - 2.0 * std)  # one model: std is 0, so this is its score
+    # an ensemble of two members whose random score heads disagree
+    ens, tok = tmp_path / "ens", AutoTokenizer.from_pretrained(tiny_base)
+    for m in range(2):
+        torch.manual_seed(m)
+        rm = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+        rm.config.pad_token_id = tok.pad_token_id
+        rm.save_pretrained(ens / f"member-{m}")
+        tok.save_pretrained(ens / f"member-{m}")
+    (ens / "ensemble.json").write_text(json.dumps({"members": ["member-0", "member-1"]}))
+    recs, texts = records(rl_data), ["3", "five"]
+    got = resolve_reward(f"rm:{ens}", rm_uncertainty_k=2.0)(recs, texts)[:, 0]
+    # each member scored on its own: mean and the unbiased std of two values, |a - b| / sqrt(2)
+    a, b = (RewardScorer.load(ens / f"member-{m}").score([x["messages"] for x in recs], texts)[0] for m in range(2))
+    mean, std = (a + b) / 2, (a - b).abs() / 2 ** 0.5
+    assert (std > 1e-3).all()  # the members disagree, so k * std moves the reward
+    assert torch.allclose(got, mean - 2.0 * std, atol=1e-5)
+    assert torch.allclose(resolve_reward(f"rm:{ens}")(recs, texts)[:, 0], mean, atol=1e-5)  # k = 0: the mean
 
 
 # ----------------------------------------------------------------------------- stages
@@ -198,10 +215,11 @@ def test_grpo_sigkill_resume_is_exact(tiny_base, rl_data, tmp_path):
 
 
 def _run_inprocess(sets_: list[str], name: str):
-    from rlhfkit.config import load_config
-    from rlhfkit.stages import grpo
+    import importlib
 
-    stage = grpo.STAGES[name]
+    from rlhfkit.config import load_config
+
+    stage = importlib.import_module(f"rlhfkit.stages.{name}")
     stage.run(load_config(stage.Config, sets=sets_))
 
 
@@ -260,7 +278,7 @@ def test_gold_is_logged_beside_the_proxy_and_never_trains(tiny_base, rl_data, tm
 
 
 def _shared_prompt_experience():
-    from rlhfkit import rl
+    from rlhfkit.rl.rollout import Experience
 
     # 2 distinct prompts (lengths 4 and 2, so the second is left-padded) x 3 samples each;
     # responses of 7, 4 and 2 tokens (right-padded), in an order that interleaves the groups
@@ -268,7 +286,7 @@ def _shared_prompt_experience():
     tokens = torch.randint(4, 300, (6, 7), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(6, 7, dtype=torch.bool)
     mask[1, 4:] = mask[4, 2:] = False
-    return rl.Experience(pids, tokens.masked_fill(~mask, 0), mask, None, None, None, None, None, None, {})
+    return Experience(pids, tokens.masked_fill(~mask, 0), mask)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -277,8 +295,8 @@ def test_shared_prompt_forward_equals_the_plain_forward(lora):
     # indexed out to the rows: logits and gradients must equal the plain full-batch forward
     from transformers import LlamaForCausalLM
 
-    from rlhfkit import rl
     from rlhfkit.models import add_lora, tiny_llama_config
+    from rlhfkit.rl.rollout import plain_response_logits, response_logits
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
@@ -287,12 +305,12 @@ def test_shared_prompt_forward_equals_the_plain_forward(lora):
     inp = _shared_prompt_experience().inputs(range(6))
     m = inp["mask"][..., None]
     grads = []
-    for fn in (rl.response_logits, rl._plain_response_logits):
+    for fn in (response_logits, plain_response_logits):
         model.zero_grad()
         logits = fn(model, inp, 0.7)
         (logits * m).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
-        if fn is rl.response_logits:
+        if fn is response_logits:
             shared = logits.detach()
     assert shared.shape == (6, 7, 300)  # (rows, longest response, vocab)
     assert torch.allclose(shared * m, logits.detach() * m, atol=1e-5)  # ~4e-7 seen: fp32 rounding
@@ -311,3 +329,125 @@ def test_grpo_single_update_skips_the_old_forward_and_still_logs_entropy(tiny_ba
         assert row["grpo/clipfrac"] == 0.0 and abs(row["grpo/approx_kl"]) < 1e-6  # ratio == 1
         assert row["policy/entropy"] > 0.1  # a tiny random model is far from deterministic
         assert row["rollout/logprob_gap"] < 1e-4  # sampler vs training forward (~1e-7 typical)
+
+
+# ----------------------------------------------------------------------------- the guard's hook
+
+
+class StopAt:
+    """A guard as the loop sees one: records every call, logs guard/evals (its state: how many
+    evals it has seen, so a resume that lost the state would log the wrong count) and stops the
+    run at `stop_step`."""
+
+    def __init__(self, stop_step: int | None = None):
+        self.stop_step, self.evals, self.calls, self.loaded = stop_step, 0, [], None
+
+    def on_eval(self, step, records, samples, step_metrics):
+        self.evals += 1
+        self.calls.append({"step": step, "prompts": [r["prompt"] for r in records], "samples": samples,
+                           "metrics": dict(step_metrics)})
+        return {"guard/evals": float(self.evals)}, step == self.stop_step
+
+    def state_dict(self) -> dict:
+        return {"evals": self.evals}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.loaded, self.evals = dict(d), d["evals"]
+
+
+def _guarded(tiny_base, rl_data, out, guard, steps):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import grpo
+
+    sets_ = [f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}", f"eval_prompts={rl_data / 'eval.jsonl'}",
+             f"out={out}", "reward=test_rl:letter_share", f"max_steps={steps}", "prompts_per_step=2",
+             "group_size=2", "max_new_tokens=6", "micro_batch_size=4", "eval_every=1", "learning_rate=1e-2",
+             "threads=1"]
+
+    def make_guard(policy, tokenizer, is_main):
+        # built once the policy exists: a real guard saves the policy it would ship
+        guard.built_with = (type(policy).__name__, tokenizer.pad_token, is_main)
+        return guard
+    grpo.run(load_config(grpo.Config, sets=sets_), make_guard=make_guard)
+    return metrics(out / "metrics.jsonl"), [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_guard_is_called_at_every_eval_and_its_stop_ends_the_run(tiny_base, rl_data, tmp_path):
+    out, guard = tmp_path / "stopped", StopAt(stop_step=2)
+    rows, samples = _guarded(tiny_base, rl_data, out, guard, steps=4)
+    # called at step 0 (the starting policy) and at every eval (eval_every=1) until it said stop
+    assert [c["step"] for c in guard.calls] == [0, 1, 2]
+    assert guard.built_with == ("LlamaForCausalLM", "<|pad|>", True)
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["guard/evals"] for r in rows] == [1.0, 2.0, 3.0]
+    prompts = [f"What is {i} + 20?" for i in range(4)]  # eval.jsonl's 4 records, in order
+    for c in guard.calls:
+        assert c["prompts"] == prompts and [s["prompt"] for s in c["samples"]] == prompts  # aligned
+        assert all(s["step"] == c["step"] and isinstance(s["response"], str) for s in c["samples"])
+    # the samples it saw are samples.jsonl's lines, every eval's, the same prompts each time
+    assert samples == [s for c in guard.calls for s in c["samples"]] and len(samples) == 3 * 4
+    # step metrics so far: eval/ only before training; the rollout's and the KL's afterwards
+    assert "eval/reward_mean" in guard.calls[0]["metrics"] and "rollout/reward_mean" not in guard.calls[0]["metrics"]
+    assert {"rollout/reward_mean", "policy/kl_ref", "eval/reward_mean"} <= set(guard.calls[2]["metrics"])
+    # stopped after step 2 of 4: saved as a last step is (the model, a checkpoint with the guard's state)
+    assert (out / "model.safetensors").is_file()
+    state = torch.load(out / "checkpoints" / "step-0000002" / "state.pt", weights_only=False)
+    assert state["extra"]["guard"] == {"evals": 3} and state["extra"]["stopped"] is True
+    # the same command again does not train past the stop: it restores the guard and ends
+    again = StopAt(stop_step=2)
+    rows2, _ = _guarded(tiny_base, rl_data, out, again, steps=4)
+    assert again.loaded == {"evals": 3} and again.calls == [] and [r["step"] for r in rows2] == [0, 1, 2]
+
+
+def test_guard_state_survives_a_resume(tiny_base, rl_data, tmp_path):
+    straight = StopAt()
+    rows, samples = _guarded(tiny_base, rl_data, tmp_path / "straight", straight, steps=3)
+    _guarded(tiny_base, rl_data, tmp_path / "resumed", StopAt(), steps=2)  # max_steps may grow on resume
+    resumed = StopAt()
+    rows_r, samples_r = _guarded(tiny_base, rl_data, tmp_path / "resumed", resumed, steps=3)
+    assert resumed.loaded == {"evals": 3}  # evals 0, 1, 2 before the stop
+    assert [c["step"] for c in resumed.calls] == [3] and resumed.evals == straight.evals == 4
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rs]  # noqa: E731
+    assert strip(rows_r) == strip(rows) and samples_r == samples
+
+
+GUARD_SCRIPT = """
+import json, os, sys
+from rlhfkit.config import load_config
+from rlhfkit.stages import grpo
+
+class Seen:  # a guard that only keeps what it was shown
+    samples = []
+    def on_eval(self, step, records, samples, step_metrics):
+        self.samples += samples
+        return {}, False
+    def state_dict(self):
+        return {}
+    def load_state_dict(self, d):
+        pass
+
+guard, sets_ = Seen(), sys.argv[1:]
+grpo.run(load_config(grpo.Config, sets=sets_), make_guard=lambda **_: guard)
+out = [s[4:] for s in sets_ if s.startswith("out=")][0]
+with open(os.path.join(out, f"seen-{os.environ.get('RANK', '0')}.json"), "w") as f:
+    json.dump(guard.samples, f)
+"""
+
+
+def test_guard_sees_every_eval_sample_in_record_order_on_every_rank(tiny_base, rl_data, tmp_path):
+    # 4 eval prompts in generate calls of 2: on 2 processes rank 0 samples records 0-1 and rank 1
+    # records 2-3; every rank's guard must see all 4, in record order, as samples.jsonl holds them
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARD_SCRIPT)
+    args = lambda out: [f"model={tiny_base}", f"prompts={rl_data / 'prompts.jsonl'}",  # noqa: E731
+                        f"eval_prompts={rl_data / 'eval.jsonl'}", f"out={out}", "reward=test_rl:letter_share",
+                        "max_steps=1", "prompts_per_step=2", "group_size=2", "generation_batch_size=2",
+                        "max_new_tokens=6", "micro_batch_size=2"]
+    _torchrun(script, *args(tmp_path / "two"))
+    subprocess.run([sys.executable, str(script), *args(tmp_path / "one")], check=True, timeout=300,
+                   env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    seen = [json.loads((tmp_path / "two" / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    logged = [json.loads(x) for x in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    assert seen[0] == seen[1] == logged and len(logged) == 2 * 4  # evals at steps 0 and 1
+    assert [s["prompt"] for s in logged] == [f"What is {i} + 20?" for i in range(4)] * 2
+    one = json.loads((tmp_path / "one" / "seen-0.json").read_text())
+    assert [(s["prompt"], s["response"]) for s in one] == [(s["prompt"], s["response"]) for s in logged]

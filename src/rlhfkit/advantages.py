@@ -209,13 +209,16 @@ ADVANTAGES = {
 
 
 # ---------------------------------------------------------------------------------------------
-# KL coefficient controllers (they hold state, so small classes): update(current_kl, n_steps), .value
+# KL coefficient controllers (they hold state, so small classes): built as
+# KL_CONTROLLERS[name](kl_coef, target=, horizon=); update(current_kl, n_steps), .value
 
 
 class FixedKLController:
-    """A constant KL coefficient."""
+    """A constant KL coefficient. target and horizon are the adaptive controller's; they are
+    accepted (and unused) so that every controller is built the same way,
+    KL_CONTROLLERS[name](kl_coef, target=, horizon=)."""
 
-    def __init__(self, kl_coef: float):
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: float | None = None):
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:

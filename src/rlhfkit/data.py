@@ -4,32 +4,33 @@ turning them into token ids and loss masks, and collating batches.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from rlhfkit.files import UserError, read_jsonl
+from rlhfkit.files import UserError, iter_jsonl, read_text
 
 ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------- pre-training
 
+def is_jsonl(path: str | Path) -> bool:
+    return Path(path).name.removesuffix(".gz").endswith(".jsonl")
+
+
 def read_documents(files: list[str]) -> list[str]:
-    """Documents from .txt files (separated by a blank line) and .jsonl files ({'text'})."""
+    """Documents from .txt files (separated by a blank line) and .jsonl files ({'text'}); `.gz` too."""
     docs: list[str] = []
     for name in files:
         path = Path(name)
-        if not path.is_file():
-            raise UserError(f"{path}: file not found")
-        if path.suffix == ".jsonl":
-            for i, rec in enumerate(read_jsonl(path), 1):
+        if is_jsonl(path):
+            for lineno, rec in iter_jsonl(path):
                 if not isinstance(rec.get("text"), str):
-                    raise UserError(f"{path}: record {i} has no string 'text' field")
+                    raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field")
                 docs.append(rec["text"])
         else:
-            docs += [d.strip("\n") for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+            docs += [d.strip("\n") for d in read_text(path).split("\n\n") if d.strip()]
     if not docs:
         raise UserError(f"no documents in {', '.join(files)}")
     return docs
@@ -63,26 +64,23 @@ def validate_messages(messages, where: str, need_assistant: bool = True) -> list
             raise UserError(f"{where}: message {j} must be {{\"role\": one of {'/'.join(ROLES)}, \"content\": str}}")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise UserError(f"{where}: conversation has no assistant turn (nothing to learn from)")
+    first = next((m["role"] for m in messages if m["role"] != "system"), None)
+    if first == "assistant":
+        # chat templates render a turn as a reply to what came before; with no user turn
+        # there is no prompt to condition on (and no prefix to find the turn's tokens by)
+        raise UserError(f"{where}: conversation starts with an assistant turn; the first turn after "
+                        "any system message must be the user's")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def read_conversations(path: str | Path) -> list[list[dict]]:
     """`{"messages": [{"role", "content"}, ...]}` per line; each must have an assistant turn."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
     convs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "messages" not in rec:
-                raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
-            convs.append(validate_messages(rec["messages"], f"{path}:{lineno}"))
+    for lineno, rec in iter_jsonl(path):
+        if "messages" not in rec:
+            raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
+        convs.append(validate_messages(rec["messages"], f"{path}:{lineno}"))
     if not convs:
         raise UserError(f"{path}: no conversations")
     return convs
@@ -134,8 +132,8 @@ def read_prompts(path: str | Path) -> list[dict]:
     e.g. `answer` for verifiers). Each gets `messages` ending in a user turn."""
     path = Path(path)
     out = []
-    for i, rec in enumerate(read_jsonl(path), 1):
-        where = f"{path}: record {i}"
+    for lineno, rec in iter_jsonl(path):
+        where = f"{path}:{lineno}"
         if isinstance(rec.get("prompt"), str):
             rec = {**rec, "messages": [{"role": "user", "content": rec["prompt"]}]}
         elif "messages" in rec:
@@ -143,7 +141,11 @@ def read_prompts(path: str | Path) -> list[dict]:
             rec.setdefault("prompt", rec["messages"][-1]["content"])
         else:
             raise UserError(f"{where}: expected a 'prompt' string or a 'messages' list")
+        if rec["messages"][-1]["role"] != "user":
+            raise UserError(f"{where}: a prompt's messages must end with a user turn (the model answers it)")
         out.append(rec)
+    if not out:
+        raise UserError(f"{path}: no prompts")
     return out
 
 
@@ -151,3 +153,27 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Chat-templated prompt ids ending with the assistant header (generation starts there)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ----------------------------------------------------------------------------- rankings
+
+def check_rankings(records: list[dict], where: str) -> None:
+    """Rankings that cannot teach a reward model anything: a K-way ranking that lists the same
+    response twice (it would be ranked above itself), or a file whose pairs all have
+    chosen == rejected (every pair's loss is the constant ln 2, its gradient zero).
+    Records are read_preferences' (meta holds file and line); a lone equal pair is allowed
+    (real data sets such as HH hold a few), a file of nothing else is not."""
+    degenerate = 0
+    for r in records:
+        responses = r["responses"]
+        if len(set(responses)) == len(responses):
+            continue
+        meta = r.get("meta") or {}
+        at = f"{meta['file']}:{meta['line']}" if "file" in meta and "line" in meta else where
+        if len(responses) > 2:
+            dup = next(x for i, x in enumerate(responses) if x in responses[:i])
+            raise UserError(f"{at}: the ranking lists the same response twice ({dup[:40]!r}); "
+                            "each response must appear once")
+        degenerate += 1
+    if records and degenerate == len(records):
+        raise UserError(f"{where}: every pair has chosen == rejected: nothing to learn from")

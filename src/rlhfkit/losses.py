@@ -349,29 +349,3 @@ def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
             "grpo/ratio_mean": float(masked_mean(torch.exp(log_ratio), mask)),
         }
     return loss, metrics
-
-
-def _ppo_uniform(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip=0.2, kl_coef=0.0, clip_high=None):
-    if kl_coef != 0.0:  # silently dropping a configured KL would be worse than stopping
-        raise ValueError("policy loss 'ppo' puts the KL in the reward (kl_penalized_rewards); "
-                         "use 'grpo', 'dapo' or 'dr_grpo' for a KL term in the loss")
-    return ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip=clip, clip_high=clip_high)
-
-
-def _grpo_variant(reduction: str):
-    def fn(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip=0.2, kl_coef=0.0, clip_high=None):
-        return grpo_policy_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip=clip,
-                                kl_coef=kl_coef, reduction=reduction, clip_high=clip_high)
-    fn.__name__ = fn.__qualname__ = f"grpo_policy_loss_{reduction}"
-    return fn
-
-
-# Uniform form for the RL stages: POLICY_LOSSES[name](logprobs, old_logprobs, ref_logprobs,
-# advantages, mask, clip=, kl_coef=, clip_high=) -> (loss, metrics). They differ in reduction
-# and in where the KL goes: "ppo" = token mean, KL in the reward; the others = KL in the loss.
-POLICY_LOSSES = {
-    "ppo": _ppo_uniform,
-    "grpo": _grpo_variant("sequence"),
-    "dapo": _grpo_variant("token"),
-    "dr_grpo": _grpo_variant("dr_grpo"),
-}

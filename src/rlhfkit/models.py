@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhfkit.files import UserError
+from rlhfkit.files import UserError, umask_mode
 
 
 def _resolve(spec: str, marker: tuple[str, ...] = ("config.json",)) -> tuple[str, str | None]:
@@ -31,11 +31,53 @@ def _resolve(spec: str, marker: tuple[str, ...] = ("config.json",)) -> tuple[str
     if p.is_dir():
         if not any((p / m).is_file() for m in marker):
             raise UserError(f"{spec}: not a {'tokenizer' if 'tokenizer.json' in marker else 'model'} directory (no {marker[0]})")
+        check_model_files(p, weights="config.json" in marker)
         return str(p), None
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not p.exists()
     if looks_like_hub_id:
         return spec, None
-    raise UserError(f"{spec}: model not found (expected a model directory, a .gguf file or a hub id)")
+    what = "tokenizer" if "tokenizer.json" in marker else "model"
+    raise UserError(f"{spec}: {what} not found (expected a {what} directory, a .gguf file or a hub id)")
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header giving each tensor's byte
+    range, then the data: a file shorter than the ranges end is truncated (a copy cut short,
+    a full disk). Reads the header only."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8)) if size >= 8 else (None,)
+            if n is None or n > size - 8 or n > 100_000_000:
+                raise ValueError("no complete header")
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); copy or save it again") from None
+    if size < 8 + n + end:
+        raise UserError(f"{path}: truncated ({size} bytes, its header needs {8 + n + end}); copy or save it again")
+
+
+def check_model_files(path: Path, weights: bool = True) -> None:
+    """One-line errors for the files of a model dir that transformers would fail on with a
+    traceback: truncated safetensors, config/tokenizer JSON that is not JSON."""
+    import json
+
+    names = ["config.json", "tokenizer.json", "tokenizer_config.json"] if weights else ["tokenizer.json",
+                                                                                      "tokenizer_config.json"]
+    for name in names:
+        f = path / name
+        if f.is_file():
+            try:
+                json.loads(f.read_bytes())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise UserError(f"{f}: not valid JSON ({e}); the model directory is damaged") from None
+    if weights:
+        for f in sorted(path.glob("*.safetensors")):
+            check_safetensors(f)
 
 
 def quiet_transformers() -> None:
@@ -53,7 +95,18 @@ def _from_pretrained(cls, spec: str, marker=("config.json",), **kwargs):
     try:
         return cls.from_pretrained(path, **kwargs)
     except OSError as e:  # hub id offline / not found: one line, not a traceback
-        raise UserError(f"{spec}: could not load ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{spec}: could not load ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    except Exception as e:
+        # damaged files the checks above cannot see: safetensors and tokenizers raise their own
+        # types (or a bare Exception), transformers a KeyError / ValueError for a file that is
+        # JSON but not what it should be; a bug of ours (TypeError, AttributeError...) keeps
+        # its traceback
+        if type(e).__module__.split(".")[0] in ("safetensors", "tokenizers") or type(e) is Exception \
+                or isinstance(e, (EOFError, KeyError, ValueError)):
+            detail = (str(e).splitlines() or [""])[0] or type(e).__name__
+            raise UserError(f"{spec}: could not load, a file is damaged or not this kind ({type(e).__name__}: "
+                            f"{detail})") from None
+        raise
 
 
 def load_tokenizer(spec: str):
@@ -189,7 +242,7 @@ def save_model(model, tokenizer, out: str | Path) -> None:
         names = sorted(p.name for p in tmp.iterdir())
         for name in [n for n in names if n != "config.json"] + ["config.json"]:
             os.replace(tmp / name, out / name)
-            os.chmod(out / name, 0o644)  # mkdtemp made them private; a model dir is for sharing
+            os.chmod(out / name, umask_mode())  # mkdtemp made them private; a model dir is for sharing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -253,3 +306,18 @@ def cli(name: str, argv: list[str]) -> int:
         return 0
     print(pull(args.name))
     return 0
+
+
+def kv_cache_kwargs(model, cache) -> dict:
+    """`forward(**kv_cache_kwargs(model, cache))`: transformers 5.2x takes the KV cache as
+    `cache` (and warns on every call given `past_key_values`); older versions only know
+    `past_key_values`."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP
+    return {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
+
+
+def output_kv_cache(out):
+    """The KV cache a forward returned (`cache` in transformers 5.2x, `past_key_values` before)."""
+    return out["cache"] if "cache" in out else out.past_key_values

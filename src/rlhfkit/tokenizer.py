@@ -38,28 +38,29 @@ class Config:
 
 
 def iter_texts(files: list[str], max_chars: int):
-    """Yield raw strings from .txt files and .jsonl records (text or conversation contents)."""
+    """Yield raw strings from .txt files and .jsonl records (text or conversation contents); `.gz` too."""
+    from rlhfkit.data import is_jsonl
+    from rlhfkit.files import iter_jsonl, iter_lines
+
     seen = 0
     for name in files:
         path = Path(name)
-        if not path.is_file():
-            raise UserError(f"{path}: file not found")
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if path.suffix == ".jsonl":
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    texts = [rec["text"]] if "text" in rec else [m.get("content", "") for m in rec.get("messages", [])]
-                    texts += [rec[k] for k in ("prompt",) if isinstance(rec.get(k), str)]
-                else:
-                    texts = [line]
+        if is_jsonl(path):
+            for lineno, rec in iter_jsonl(path):
+                texts = [rec["text"]] if "text" in rec else [
+                    m.get("content", "") for m in rec.get("messages", []) if isinstance(m, dict)]
+                texts += [rec[k] for k in ("prompt",) if isinstance(rec.get(k), str)]
+                if not all(isinstance(t, str) for t in texts):
+                    raise UserError(f"{path}:{lineno}: 'text' and message 'content' must be strings")
                 for t in texts:
                     seen += len(t)
                     yield t
+                if seen >= max_chars:
+                    return
+        else:
+            for _, line in iter_lines(path):
+                seen += len(line)
+                yield line
                 if seen >= max_chars:
                     return
 
@@ -91,11 +92,32 @@ def run(cfg: Config) -> None:
         raise UserError("tokenizer: set `files` to one or more text files")
     if cfg.vocab_size < 256 + len(SPECIAL_TOKENS):
         raise UserError(f"tokenizer: vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + specials)")
+    for _ in iter_texts(cfg.files, cfg.max_chars):  # read what training will read once first:
+        pass  # a bad line near the end should fail in a second, not after the training
     tok = train_tokenizer(iter_texts(cfg.files, cfg.max_chars), cfg.vocab_size, cfg.min_frequency)
-    from rlhfkit.files import atomic_dir
-
     out = Path(cfg.out)
-    with atomic_dir(out) as tmp:
+    _save(tok, cfg, out)
+    print(f"tokenizer: {len(tok)} tokens -> {out}")
+
+
+def _save(tok, cfg: Config, out: Path) -> None:
+    """Write the tokenizer files into `out`, each moved in atomically, leaving any other file
+    there alone (`out` may hold more than a tokenizer: never replace the whole directory)."""
+    import os
+    import shutil
+    import tempfile
+
+    from rlhfkit.files import umask_mode
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.save-"))
+    try:
         tok.save_pretrained(tmp)
         save_config(cfg, tmp / "config.toml", "tokenizer")
-    print(f"tokenizer: {len(tok)} tokens -> {out}")
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in names if n != "tokenizer.json"] + ["tokenizer.json"]:  # the marker last
+            os.replace(tmp / name, out / name)
+            os.chmod(out / name, umask_mode())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+

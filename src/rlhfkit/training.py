@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -83,23 +84,35 @@ def micro_batch_split(batch_size: int, micro_batch_size: int, world: int) -> int
     return per_rank // micro_batch_size
 
 
-def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> float:
-    """Forward/backward each micro-batch, gradients summing in .grad; -> this rank's loss.
+def backward_micro_batches(model, micro_batches, loss_fn, world: int) -> tuple[float, dict[str, float]]:
+    """Forward/backward each micro-batch, gradients summing in .grad; -> (this rank's loss, metrics).
 
-    `loss_fn(model, micro_batch)` must already divide by the token count of the *global*
-    batch. DDP averages gradients over ranks, so the loss is multiplied by `world` to turn
-    that average back into the global sum. All but the last micro-batch skip DDP's
-    all-reduce (`no_sync`): one communication per optimizer step.
+    `loss_fn(model, micro_batch) -> (loss, metrics)`, the loss already divided by the token count
+    of the *global* batch. DDP averages gradients over ranks, so the loss is multiplied by
+    `world` to turn that average back into the global sum. All but the last micro-batch skip
+    DDP's all-reduce (`no_sync`): one communication per optimizer step. Metrics: keys ending in
+    "loss" add up over the micro-batches (each is its share already), the others average.
     """
     total = 0.0
+    metrics: dict[str, float] = {}
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         ctx = model.no_sync() if (hasattr(model, "no_sync") and not last) else contextlib.nullcontext()
         with ctx:
-            loss = loss_fn(model, mb)
+            loss, met = loss_fn(model, mb)
             (loss * world).backward()
         total += float(loss.detach())
-    return total
+        for k, v in met.items():
+            metrics[k] = metrics.get(k, 0.0) + (v if k.endswith("loss") else v / len(micro_batches))
+    return total, metrics
+
+
+def set_lr(optimizer, step: int, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Set every parameter group's learning rate to `lr_at(step, ...)`; -> that rate."""
+    rate = lr_at(step, lr, warmup_steps, max_steps, min_lr_ratio)
+    for g in optimizer.param_groups:
+        g["lr"] = rate
+    return rate
 
 
 class Checkpoints:
@@ -107,7 +120,7 @@ class Checkpoints:
 
     # keys that may change between a run and its resume (extend it, log differently, ...)
     RESUMABLE = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "keep_checkpoints", "threads",
-                 "eval_batches", "eval_max_prompts"}
+                 "eval_batches", "eval_max_prompts", "out"}  # out: a run dir moved or copied still resumes
 
     def __init__(self, out: str | Path, keep: int = 2, config=None):
         self.dir = Path(out) / "checkpoints"
@@ -117,8 +130,12 @@ class Checkpoints:
         self.config = {k: v for k, v in dataclasses.asdict(config).items() if k not in self.RESUMABLE} if config else None
 
     def latest(self) -> Path | None:
-        done = sorted(self.dir.glob("step-*/state.pt")) if self.dir.is_dir() else []
-        return done[-1].parent if done else None
+        done = self.all()
+        return done[-1] if done else None
+
+    def all(self) -> list[Path]:
+        """Finished checkpoint dirs, oldest first."""
+        return [p.parent for p in sorted(self.dir.glob("step-*/state.pt"))] if self.dir.is_dir() else []
 
     def save(self, step: int, model, optimizer, extra: dict | None = None) -> None:
         if not distributed.is_main():
@@ -140,17 +157,37 @@ class Checkpoints:
             # for tests and for "stop cleanly here": exits as a kill right after a save would
             os._exit(3)
 
+    def resume(self, model, optimizer) -> tuple[int, dict]:
+        """Load the latest checkpoint into model and optimizer, if there is one; -> (its step, the
+        `extra` dict it was saved with), or (0, {}) for a fresh start."""
+        found = self.all()
+        for i, path in enumerate(reversed(found)):
+            try:
+                state = self.load(path, model, optimizer)
+            except _Unreadable as e:
+                if i == len(found) - 1:
+                    raise UserError(str(e)) from None
+                # a checkpoint damaged after it was written (a disk error, a copy cut short):
+                # the one before is intact, and the steps after it train again exactly; the
+                # damaged file is left where it is for the user to look at
+                if distributed.is_main():
+                    print(f"warning: {e}; resuming from the checkpoint before it", file=sys.stderr)
+                continue
+            return state["step"], state["extra"]
+        return 0, {}
+
     def load(self, path: Path, model, optimizer) -> dict:
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated file from a crash mid-copy by hand, say
-            raise UserError(f"{path}/state.pt: unreadable checkpoint ({e})") from None
+            raise _Unreadable(f"{path}/state.pt: unreadable checkpoint ({e})") from None
         saved = state.get("config")
         if self.config is not None and saved is not None and saved != self.config:
             diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
             raise UserError(f"{path}: checkpoint was made with other settings ({', '.join(diff)}); "
                             f"use a new `out` or delete {self.dir} to start over")
-        missing, unexpected = _base(model).load_state_dict(state["model"], strict=False)
+        # strict=False: a LoRA checkpoint holds the adapters only (the base stays as loaded)
+        _, unexpected = _base(model).load_state_dict(state["model"], strict=False)
         if unexpected:
             raise UserError(f"{path}: checkpoint does not match this model (e.g. {unexpected[0]})")
         optimizer.load_state_dict(state["optimizer"])
@@ -162,6 +199,10 @@ class Checkpoints:
         return state
 
 
+class _Unreadable(UserError):
+    """A checkpoint file that cannot be read back (resume falls back to the one before)."""
+
+
 def _base(model):
     return model.module if hasattr(model, "module") else model
 
@@ -171,6 +212,14 @@ def _trainable_state(model) -> dict:
     m = _base(model)
     names = {n for n, p in m.named_parameters() if p.requires_grad}
     return {k: v for k, v in m.state_dict().items() if k in names} if names else m.state_dict()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a line torn by a kill mid-write counts as after every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return float("inf")
 
 
 class MetricsLog:
@@ -189,7 +238,7 @@ class MetricsLog:
         if resume_step == 0:
             self.path.write_text("")
         elif self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= resume_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
         self.tb = None

@@ -23,23 +23,25 @@ Writes what grpo writes; the checkpoint holds the critic too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rlhfkit import distributed, rl
-from rlhfkit.advantages import KL_CONTROLLERS, gae, kl_penalized_rewards, whiten
-from rlhfkit.config import key, save_config
+from rlhfkit.advantages import ADVANTAGES, kl_penalized_rewards, whiten
+from rlhfkit.config import key
 from rlhfkit.files import UserError
-from rlhfkit.losses import KL_ESTIMATORS, ppo_policy_loss, ppo_value_loss
-from rlhfkit.rewards.spec import resolve_gold, resolve_reward
-from rlhfkit.training import Checkpoints, MetricsLog, Timer, batch_indices, lr_at, make_optimizer, progress
+from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
+from rlhfkit.rl import loop
+from rlhfkit.rl.config import RLConfig
+from rlhfkit.rl.rollout import Experience, response_logprobs
 
 
 @dataclass
-class Config(rl.RLConfig):
+class Config(RLConfig):
     out: str = key("runs/demo/ppo", "output directory (an HF model dir; checkpoints, metrics.jsonl)")
     group_size: int = key(1, "samples per prompt")
     ppo_epochs: int = key(4, "passes over each rollout")
@@ -107,114 +109,50 @@ class ActorCritic(nn.Module):
         return v[:, -(T + 1):-1]
 
     def forward(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return rl.response_logprobs(self.policy, inputs, self.temperature), self.values(inputs)
+        return response_logprobs(self.policy, inputs, self.temperature), self.values(inputs)
 
 
-def run(cfg: Config) -> None:
-    from rlhfkit.models import count_parameters, eos_token_ids, save_model
-
-    rank, world = distributed.setup()
-    if cfg.kl_controller not in KL_CONTROLLERS or cfg.kl_estimator not in KL_ESTIMATORS:
-        raise UserError(f"kl_controller must be one of {', '.join(KL_CONTROLLERS)} and kl_estimator one of "
-                        f"{', '.join(KL_ESTIMATORS)}")
-    B = rl.check_sizes(cfg, world)
-    out = Path(cfg.out)
-
-    # ---- models (policy + critic, reference), reward, prompts
-    tokenizer, policy, ref = rl.load_models(cfg)
-    eos = eos_token_ids(policy, tokenizer)
-    torch.manual_seed(cfg.seed)
-    model = ActorCritic(policy, load_critic(cfg.value_init, cfg.model, policy.config.vocab_size), cfg.temperature)
+def actor_critic(policy: nn.Module, value_init: str, model_spec: str, seed: int,
+                 temperature: float) -> tuple[ActorCritic, Callable]:
+    """The module PPO trains (policy + critic) and the critic the rollout reads."""
+    torch.manual_seed(seed)
+    model = ActorCritic(policy, load_critic(value_init, model_spec, policy.config.vocab_size), temperature)
     model.critic.train()
-    reward = resolve_reward(cfg.reward, cfg.format_regex, cfg.rm_uncertainty_k)
-    gold = resolve_gold(cfg.gold)  # logged only: the proxy-vs-gold plot
-    records = rl.load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
-    eval_records = (rl.load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
-                    if cfg.eval_prompts else [])
+    return model, model.values
 
-    # ---- optimizer (policy and critic together), KL controller, resume
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    kl_ctl = (KL_CONTROLLERS["adaptive"](cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-              if cfg.kl_controller == "adaptive" else KL_CONTROLLERS["fixed"](cfg.kl_coef))
-    ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
-    step = 0
-    if (latest := ckpts.latest()) is not None:
-        state = ckpts.load(latest, model, optimizer)
-        step, kl_ctl.value = state["step"], state["extra"]["kl_coef"]
-    ddp_model = distributed.wrap_ddp(model)
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.toml", "ppo")
-        print(f"ppo: {count_parameters(policy) / 1e6:.2f}M policy + {count_parameters(model.critic) / 1e6:.2f}M "
-              f"critic parameters, {len(records)} prompts, {B} rows/step, {cfg.max_steps} steps, reward "
-              f"{'+'.join(reward.names)}, {world} process(es)" + (f", resuming at step {step}" if step else ""))
-    log = MetricsLog(out, resume_step=step)
-    samples_log = rl.SamplesLog(out, step)
 
-    def do_eval(at: int) -> dict:
-        metrics, samples = rl.evaluate(policy, tokenizer, eval_records, reward, cfg, at, eos, gold=gold)
-        samples_log.log(samples)
-        return metrics
+@torch.no_grad()
+def ppo_advantages(exp: Experience, kl_coef: float, kl_estimator: str, whiten_rewards: bool, gamma: float,
+                   lam: float) -> tuple[dict, dict]:
+    """Per-token rewards (the score on the last token, -kl_coef * KL_t on every token) -> GAE
+    advantages, whitened over the batch, and the critic's targets (returns = A + V)."""
+    rewards = kl_penalized_rewards(exp.scores, exp.old_logprobs, exp.ref_logprobs, exp.mask, kl_coef, kl_estimator)
+    if whiten_rewards:
+        rewards = whiten(rewards, exp.mask, shift_mean=False)
+    advantages, returns = ADVANTAGES["gae"](rewards, exp.mask, values=exp.values, gamma=gamma, lam=lam)
+    metrics = {"ppo/returns_mean": float((returns * exp.mask).sum() / exp.mask.sum())}
+    return {"advantages": whiten(advantages, exp.mask), "returns": returns}, metrics
 
-    if step == 0 and eval_records:
-        log.log(0, do_eval(0))
 
-    def loss_fn(m, mb):
-        logprobs, values = m(mb)
-        # both losses are token sums over the global minibatch's token count: exact under
-        # gradient accumulation and DDP (see training.backward_micro_batches)
-        pg, pm = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["mask"], clip=cfg.clip,
-                                 clip_high=cfg.clip_high or None, normalizer=mb["tokens_total"])
-        vf, vm = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], clip=cfg.value_clip,
-                                normalizer=mb["tokens_total"])
-        return pg + cfg.vf_coef * vf, {**pm, **vm}
+def ppo_loss(model: ActorCritic, mb: dict, kl_coef: float, clip: float, clip_high: float, value_clip: float,
+             vf_coef: float) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate + vf_coef x clipped value loss. Both are token sums over the global
+    minibatch's token count: exact under gradient accumulation and DDP. kl_coef is unused: PPO's
+    KL is in the reward (ppo_advantages)."""
+    logprobs, values = model(mb)
+    pg, pm = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["mask"], clip=clip,
+                             clip_high=clip_high or None, normalizer=mb["tokens_total"])
+    vf, vm = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], clip=value_clip,
+                            normalizer=mb["tokens_total"])
+    return pg + vf_coef * vf, {**pm, **vm}
 
-    bar = progress(cfg.max_steps, step, "ppo")
-    while step < cfg.max_steps:
-        timer = Timer()
-        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
-        model.eval()  # no dropout in the no-grad forwards
-        exp = rl.collect(policy, ref, model.values, tokenizer, batch, reward, cfg, step, eos, gold)
-        model.train()
-        rollout_s = timer.lap()
 
-        # rewards -> GAE advantages (whitened over the batch) and value targets
-        rewards = kl_penalized_rewards(exp.scores, exp.old_logprobs, exp.ref_logprobs, exp.mask, kl_ctl.value,
-                                       cfg.kl_estimator)
-        if cfg.whiten_rewards:
-            rewards = whiten(rewards, exp.mask, shift_mean=False)
-        advantages, returns = gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, exp.mask)
-        metrics = {**exp.metrics, "ppo/returns_mean": float((returns * exp.mask).sum() / exp.mask.sum())}
-        metrics.update(rl.update(ddp_model, params, optimizer, exp, {"advantages": advantages, "returns": returns},
-                                 loss_fn, cfg, step))
-        train_s = timer.lap()
-        kl_ctl.update(metrics["policy/kl_ref"], B)
-        step += 1
-
-        tokens = metrics.pop("_generated_tokens")
-        step_s = rollout_s + train_s
-        metrics.update({"train/lr": lr, "ppo/kl_coef": kl_ctl.value, "time/step_s": step_s,
-                        "time/rollout_s": rollout_s, "time/train_s": train_s, "time/tokens_per_s": tokens / step_s})
-        if eval_records and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-            metrics.update(do_eval(step))
-            metrics["time/eval_s"] = timer.lap()
-        log.log(step, metrics)
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", kl=f"{metrics['policy/kl_ref']:.3f}",
-                        refresh=False)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            if cfg.save_every and distributed.is_main():
-                save_model(policy, tokenizer, out / f"step-{step}")
-            ckpts.save(step, model, optimizer, {"kl_coef": kl_ctl.value})
-        distributed.barrier()
-    bar.close()
-
-    if distributed.is_main():
-        save_model(policy, tokenizer, out)
-        print(f"ppo: done at step {step} -> {out}")
-    distributed.barrier()
+def run(cfg: Config, make_guard=None) -> None:
+    loop.run(cfg, make_guard=make_guard, algo=loop.Algorithm(
+        name="ppo",
+        model=partial(actor_critic, value_init=cfg.value_init, model_spec=cfg.model, seed=cfg.seed,
+                      temperature=cfg.temperature),
+        advantages=partial(ppo_advantages, kl_estimator=cfg.kl_estimator, whiten_rewards=cfg.whiten_rewards,
+                           gamma=cfg.gamma, lam=cfg.lam),
+        loss=partial(ppo_loss, clip=cfg.clip, clip_high=cfg.clip_high, value_clip=cfg.value_clip,
+                     vf_coef=cfg.vf_coef)))

@@ -19,8 +19,8 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
-from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
+from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices,
+                              clip_grad_norm, make_optimizer, micro_batch_split, progress, set_lr)
 
 
 @dataclass
@@ -97,9 +97,7 @@ def run(cfg: Config) -> None:
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
-    step = 0
-    if (latest := ckpts.latest()) is not None:
-        step = ckpts.load(latest, model, optimizer)["step"]
+    step, _ = ckpts.resume(model, optimizer)
     ddp_model = distributed.wrap_ddp(model)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +110,7 @@ def run(cfg: Config) -> None:
         # every token of a packed block is a target, so the global normaliser is simply
         # (sequences in the global batch) x (block_size - 1) predictions each
         logits = m(input_ids=mb, use_cache=False).logits
-        return lm_loss(logits, mb, torch.ones_like(mb, dtype=torch.bool), normalizer=cfg.batch_size * (cfg.block_size - 1))[0]
+        return lm_loss(logits, mb, torch.ones_like(mb, dtype=torch.bool), normalizer=cfg.batch_size * (cfg.block_size - 1))
 
     @torch.no_grad()
     def evaluate() -> float:
@@ -127,14 +125,12 @@ def run(cfg: Config) -> None:
     bar = progress(cfg.max_steps, step, "pretrain")
     timer = Timer()
     while step < cfg.max_steps:
-        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         # the global batch of this step, then this rank's slice, then micro-batches
         idx = batch_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)
         per_rank = cfg.batch_size // world
         local = train_blocks[idx[rank * per_rank:(rank + 1) * per_rank]]
-        loss = backward_micro_batches(ddp_model, local.split(cfg.micro_batch_size), loss_fn, world)
+        loss, _ = backward_micro_batches(ddp_model, local.split(cfg.micro_batch_size), loss_fn, world)
         loss = distributed.all_reduce_sum(loss)
         grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip)
         optimizer.step()

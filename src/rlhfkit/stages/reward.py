@@ -276,7 +276,7 @@ def run(cfg: Config) -> None:
         scores = m(**_collated(ids, pad_id)).logits[:, 0].float()
         loss, metrics = loss_fn_named(scores, mb["lengths"])
         mb["metrics"] = metrics
-        return loss * mb["weight"]
+        return loss * mb["weight"], {}
 
     @torch.no_grad()
     def held_out(model) -> dict:
@@ -327,7 +327,7 @@ def run(cfg: Config) -> None:
                 part = local[i:i + cfg.micro_batch_size]
                 mbs.append({"rankings": part, "lengths": [len(r) for r in part],
                             "weight": sum(unit(len(r)) for r in part) / total_units})
-            loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world))
+            loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world)[0])
             grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,9 @@ import sys
 
 
 def _args(name: str, argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0])
+    from rlhfkit.cli import Parser
+
+    p = Parser(prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0])
     p.add_argument("model", help="model dir, .gguf file or hub id")
     if name == "sample":
         p.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
@@ -31,13 +33,20 @@ def _args(name: str, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", default="torch", help="sampler backend: torch (ours) or hf")
     a = p.parse_args(argv)
     if name == "sample" and a.n < 1:
-        p.error("-n must be at least 1")
+        p.error(f"-n must be at least 1, got {a.n}")
+    if a.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
+    if not a.temperature >= 0 or a.temperature == float("inf"):  # nan fails >= too
+        p.error(f"--temperature must be >= 0 (0 is greedy), got {a.temperature}")
+    if not 0 < a.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {a.top_p}")
     return a
 
 
 def _load(spec: str):
-    from rlhfkit.models import eos_token_ids, load_causal_lm, load_tokenizer
+    from rlhfkit.models import _resolve, eos_token_ids, load_causal_lm, load_tokenizer
 
+    _resolve(spec)  # a missing or damaged model is named as one, before its tokenizer loads
     tok = load_tokenizer(spec)
     model = load_causal_lm(spec)
     model.eval()

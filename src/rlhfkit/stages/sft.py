@@ -21,8 +21,8 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
-from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices, lr_at,
-                              clip_grad_norm, make_optimizer, micro_batch_split, progress)
+from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices,
+                              clip_grad_norm, make_optimizer, micro_batch_split, progress, set_lr)
 
 
 @dataclass
@@ -141,9 +141,7 @@ def run(cfg: Config) -> None:
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     distributed.set_threads(model, cfg.threads)
     ckpts = Checkpoints(out, cfg.keep_checkpoints, config=cfg)
-    step = 0
-    if (latest := ckpts.latest()) is not None:
-        step = ckpts.load(latest, model, optimizer)["step"]
+    step, _ = ckpts.resume(model, optimizer)
     target_lm = TargetLM(model) if TargetLM.supports(model) else None
     ddp_model = distributed.wrap_ddp(target_lm or model)
     if distributed.is_main():
@@ -159,9 +157,9 @@ def run(cfg: Config) -> None:
     def loss_fn(m, mb):
         if target_lm is not None:  # the LM head on target positions only: a sum over them / normalizer
             logits, targets = m(mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
-            return torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / mb["normalizer"]
+            return torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / mb["normalizer"], {}
         logits = m(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
-        return lm_loss(logits, mb["input_ids"], mb["loss_mask"], normalizer=mb["normalizer"])[0]
+        return lm_loss(logits, mb["input_ids"], mb["loss_mask"], normalizer=mb["normalizer"])
 
     @torch.no_grad()
     def evaluate() -> float:
@@ -179,9 +177,7 @@ def run(cfg: Config) -> None:
     bar = progress(max_steps, step, "sft")
     timer = Timer()
     while step < max_steps:
-        lr = lr_at(step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
         batch = [encoded[i] for i in batch_indices(step, cfg.batch_size, len(encoded), cfg.seed)]
         # every assistant token of the *global* batch weighs the same, whatever its rank or
         # micro-batch: normalise by their total count (targets are mask[1:], shifted by one)
@@ -190,7 +186,7 @@ def run(cfg: Config) -> None:
         local = batch[rank * per_rank:(rank + 1) * per_rank]
         mbs = [{**collate(mb, pad), "normalizer": n_targets}
                for mb in length_bucketed(local, cfg.micro_batch_size * cfg.max_seq_len)]
-        loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world))
+        loss = distributed.all_reduce_sum(backward_micro_batches(ddp_model, mbs, loss_fn, world)[0])
         grad_norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,77 @@
+"""A step's update: ppo_epochs x num_minibatches optimizer steps over the rollout, each over
+micro-batches whose losses add up to the global minibatch's loss exactly (any number of ranks)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+from rlhfkit import distributed
+from rlhfkit.losses import masked_mean, token_logprobs
+from rlhfkit.rl.config import UpdateSpec
+from rlhfkit.rl.rollout import Experience, entropy, rank_world, response_logits, stream_seed
+
+
+def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The training forward of a micro-batch: -> logprobs (n, T) with grad, the logprobs the
+    ratio is taken against (the rollout's, or these detached when collect skipped them), and
+    the metrics collect left out in that case (policy/entropy, rollout/logprob_gap)."""
+    logits = response_logits(model, mb, temperature)
+    logprobs = token_logprobs(logits, mb["input_ids"][:, -mb["T"]:])
+    if mb.get("old_logprobs") is not None:
+        return logprobs, mb["old_logprobs"], {}
+    with torch.no_grad():
+        lp, m = logprobs.detach(), mb["mask"]
+        met = {"policy/entropy": float(masked_mean(entropy(logits), m)),
+               "rollout/logprob_gap": float(masked_mean((mb["sampler_logprobs"] - lp).abs(), m))}
+    return logprobs, lp, met
+
+
+def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[str, torch.Tensor],
+           loss_fn: Callable, spec: UpdateSpec, step: int) -> dict:
+    """spec.ppo_epochs x spec.num_minibatches optimizer steps over the rollout; -> mean metrics.
+
+    per_row: extra (B, T) tensors for the loss (advantages, returns ...), sliced per micro-batch
+    into `mb` beside the model inputs and exp's old/ref logprobs and values.
+    loss_fn(model, mb) -> (loss, metrics), the loss already scaled to this micro-batch's share of
+    the *global* minibatch (mb["rows_total"], mb["tokens_total"]) so that accumulation over
+    micro-batches and DDP's average over ranks give the minibatch's loss exactly.
+    """
+    from rlhfkit.training import backward_micro_batches, clip_grad_norm
+
+    rank, world = rank_world()
+    B = exp.tokens.shape[0]
+    mb_rows = B // spec.num_minibatches
+    share = mb_rows // world
+    tensors = {"old_logprobs": exp.old_logprobs, "ref_logprobs": exp.ref_logprobs, "values": exp.values,
+               "sampler_logprobs": exp.sampler_logprobs, **per_row}
+    tensors = {n: v for n, v in tensors.items() if v is not None}
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for epoch in range(spec.ppo_epochs):
+        perm = torch.randperm(B, generator=torch.Generator().manual_seed(stream_seed(spec.seed, "perm", step, epoch)))
+        for k in range(spec.num_minibatches):
+            rows = perm[k * mb_rows:(k + 1) * mb_rows]
+            totals = {"rows_total": mb_rows, "tokens_total": int(exp.mask[rows].sum())}
+            mine = rows[rank * share:(rank + 1) * share]
+            mbs = []
+            for i in range(0, share, spec.micro_batch_size):
+                inp = exp.inputs(mine[i:i + spec.micro_batch_size])
+                r, t = inp["rows"], inp["T"]
+                mbs.append({**inp, **totals, **{n: v[r, :t] for n, v in tensors.items()}})
+            loss, metrics = backward_micro_batches(train_model, mbs, loss_fn, world)
+            grad_norm = clip_grad_norm(params, spec.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for n, v in metrics.items():
+                sums[n] += v
+            sums["train/loss"] += distributed.all_reduce_sum(loss)
+            sums["train/grad_norm"] += grad_norm
+            count += 1
+    # train/* are global already; losses add over ranks; every rank ran the same number of
+    # micro-batches, so the mean of the ranks' means is the global mean
+    return {n: v / count if n.startswith("train/") else
+            distributed.all_reduce_sum(v / count) / (1 if n.endswith("loss") else world)
+            for n, v in sorted(sums.items())}
