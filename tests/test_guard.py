@@ -225,3 +225,83 @@ def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):
         done.set()
         th.join()
     assert g.history[-1]["labels"] == 4 and g.history[-1]["win_rate"] == 1.0
+
+
+# ---------------------------------------------------------------- end to end: PPO with the guard
+
+def letters(prompt: str, response: str) -> float:
+    """The e2e test's simulated person: a tiny model's text scores by its share of 'a's."""
+    return response.count("a") / max(1, len(response))
+
+
+def fewer_letters(prompt: str, response: str) -> float:
+    return -letters(prompt, response)
+
+
+@pytest.fixture(scope="module")
+def guard_data(tmp_path_factory, tiny_base):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("guard")
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + {i + 3}?"}) + "\n" for i in range(16)))
+    (d / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me about {i} cats."}) + "\n" for i in range(8)))
+    # a reward model: the tiny base with a random scalar head, as in tests/test_rl.py
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rm.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rm.save_pretrained(d / "rm")
+    tok.save_pretrained(d / "rm")
+    return d
+
+
+def _ppo(tiny_base, d, out, *extra):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import ppo
+
+    # eval samples at temperature 1 (their stream is seeded per step), so the policy's responses
+    # differ from the start's and the spot checks have pairs to ask about
+    keys = [f"model={tiny_base}", f"prompts={d / 'prompts.jsonl'}", f"eval_prompts={d / 'eval.jsonl'}",
+            f"out={out}", "max_steps=2", "eval_every=1", "eval_temperature=1.0", "prompts_per_step=4",
+            "group_size=2", "max_new_tokens=8", "micro_batch_size=4", "ppo_epochs=1", "learning_rate=3e-3",
+            f"reward=rm:{d / 'rm'}", "guard=observe", "guard_spot_checks=4", "guard_labeler=test_guard:letters",
+            *extra]
+    ppo.run(load_config(ppo.Config, sets=keys))
+    return json.loads((out / "guard.json").read_text())
+
+
+def test_ppo_with_the_guard_writes_guard_json_and_best_and_ignores_gold(tiny_base, guard_data, tmp_path):
+    from conftest import metrics
+
+    with_gold = _ppo(tiny_base, guard_data, tmp_path / "a", "gold=test_guard:letters")
+    samples = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    steps = sorted({s["step"] for s in samples})
+    assert steps == [0, 1, 2] and all("gold" in s for s in samples)
+    assert with_gold["shipped_step"] in steps and with_gold["mode"] == "observe"
+    assert (tmp_path / "a" / "best" / "config.json").is_file() and (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    assert [e["step"] for e in with_gold["evals"]] == steps and with_gold["labels_used"] > 0
+    with FeedbackStore.for_run(tmp_path / "a") as store:
+        rows = store.rankings()
+    assert len(rows) == with_gold["labels_total"] and {r["annotator"] for r in rows} == {"guard-sim"}
+    m = metrics(tmp_path / "a" / "metrics.jsonl")
+    assert {"guard/win_rate", "guard/kl", "guard/distinct_2", "guard/labels_used"} <= set(m[-1])
+
+    # the gold key removed, or another gold: every guard decision and guard.json the same
+    assert _ppo(tiny_base, guard_data, tmp_path / "b") == with_gold
+    assert _ppo(tiny_base, guard_data, tmp_path / "c", "gold=test_guard:fewer_letters") == with_gold
+    guard_metrics = [{k: v for k, v in r.items() if k.startswith("guard/")} for r in metrics(tmp_path / "a" / "metrics.jsonl")]
+    assert guard_metrics == [{k: v for k, v in r.items() if k.startswith("guard/")}
+                             for r in metrics(tmp_path / "b" / "metrics.jsonl")]
+
+
+def test_guard_on_stops_the_run(tiny_base, guard_data, tmp_path):
+    # a KL budget no policy can keep: the first eval whose rollout KL is above 0 (step 1's rollout
+    # still comes from the starting policy) stops the run there, and the steps after it never run
+    from conftest import metrics
+
+    gj = _ppo(tiny_base, guard_data, tmp_path / "on", "guard=on", "guard_kl_budget=1e-9", "max_steps=6",
+              "guard_win_drop=0", "guard_agreement_drop=0")  # only the KL rule
+    m = metrics(tmp_path / "on" / "metrics.jsonl")
+    first_over = next(r["step"] for r in m if r.get("policy/kl_ref", 0.0) > 1e-9)
+    assert gj["stop_step"] == first_over < 6 and "kl_budget" in gj["reason"]
+    assert [r["step"] for r in m] == list(range(first_over + 1))
+    assert gj["shipped_step"] < first_over and (tmp_path / "on" / "best" / "config.json").is_file()
