@@ -1,28 +1,21 @@
-"""The ranking web app's API against a real FeedbackStore on a temp SQLite file.
+"""The ranking web app's API against a real FeedbackStore: SQLite and PostgreSQL (feedback_backends.py).
 
-TestClient for the contract (auth, 204, 404/409/422, idempotency, undo, skip, two annotators,
-arena votes), a schemathesis fuzz of /openapi.json, and a real uvicorn subprocess for the load
-test (50 annotators, 2,000 rankings) and the SIGKILL-mid-load durability test.
+TestClient for the contract (auth, 204, 404/409/413/422/503, idempotency, undo, skip, two
+annotators, arena votes, the offline /docs) and a schemathesis fuzz of /openapi.json; the load
+and SIGKILL tests against a real server are in test_feedback_load.py.
 """
 
-import asyncio
 import json
-import os
-import random
-import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rlhfkit.feedback.app import create_app, ensure_arena, prepare_arena, read_prompts  # noqa: E402
+from feedback_backends import db_url  # noqa: E402,F401 - the fixture
+from rlhfkit.feedback.app import MAX_BODY, create_app, ensure_arena, prepare_arena, read_prompts  # noqa: E402
 from rlhfkit.feedback.store import FeedbackStore  # noqa: E402
 from rlhfkit.files import UserError  # noqa: E402
 
@@ -40,12 +33,26 @@ def fill(store: FeedbackStore, n_tasks: int, k: int = 4, overlap: int = 1, kind:
     return ids
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def auth(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(db_url):
+    s = FeedbackStore(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """For what does not depend on the database (the body limit, the docs): SQLite only."""
     s = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
     yield s
     s.close()
@@ -206,6 +213,102 @@ def test_annotators_are_isolated(store, client):
     assert client.get("/api/me", headers=ha).json()["done"] == 1
 
 
+def test_full_skipped_and_unoffered_tasks_are_refused(store, client):
+    (t1,) = fill(store, 1, k=2, overlap=1)
+    (t2,) = fill(store, 1, k=2, overlap=2)
+    ha, hb, hc = (auth(store.add_annotator(n)) for n in ("alice", "bob", "carol"))
+    ids = {t: [r["id"] for r in store.task(t)["responses"]] for t in (t1, t2)}
+    # alice and bob are both shown t1 (overlap 1); alice ranks it first, so it is full for bob
+    assert client.get("/api/tasks/next", headers=ha).json()["task_id"] == t1
+    assert client.get("/api/tasks/next", headers=hb).json()["task_id"] == t1
+    assert client.post(f"/api/tasks/{t1}/ranking", headers=ha, json={"order": ids[t1]}).status_code == 200
+    r = client.post(f"/api/tasks/{t1}/ranking", headers=hb, json={"order": ids[t1]})
+    assert r.status_code == 409 and f"task {t1} is full" in r.json()["detail"]
+    # carol never asked for a task: t2 was never offered to her
+    r = client.post(f"/api/tasks/{t2}/ranking", headers=hc, json={"order": ids[t2]})
+    assert r.status_code == 409 and "never offered" in r.json()["detail"]
+    # bob skips t2 once offered; a ranking of it afterwards is refused
+    assert client.get("/api/tasks/next", headers=hb).json()["task_id"] == t2
+    assert client.post(f"/api/tasks/{t2}/skip", headers=hb).status_code == 200
+    r = client.post(f"/api/tasks/{t2}/ranking", headers=hb, json={"order": ids[t2]})
+    assert r.status_code == 409 and "skipped" in r.json()["detail"]
+    assert [(x["task_id"], x["annotator"]) for x in store.rankings()] == [(t1, "alice")]
+
+
+def test_bodies_over_the_limit_are_413(sqlite_store):
+    store = sqlite_store
+    client = TestClient(create_app(store))
+    fill(store, 1, k=2)
+    h = auth(store.add_annotator("alice"))
+    big = b'{"order": [1, 2], "pad": "' + b"x" * MAX_BODY + b'"}'
+    r = client.post("/api/tasks/1/ranking", headers=h | {"Content-Type": "application/json"}, content=big)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    chunks = (big[i:i + 4096] for i in range(0, len(big), 4096))  # no Content-Length: counted as it arrives
+    r = client.post("/api/tasks/1/ranking", headers=h | {"Content-Type": "application/json"}, content=chunks)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    r = client.post("/api/tasks/1/ranking", headers=h | {"Content-Type": "application/json", "Content-Length": "x1"},
+                    content=b"{}")
+    assert r.status_code in (400, 422)  # httpx may refuse a bad header itself; never a 5xx
+    assert store.rankings() == []
+
+
+def test_413_without_reading_the_body(tmp_path):
+    """A real server: 16 MB announced, 1 KB sent; the answer comes at once and the body is never read."""
+    import threading
+
+    import uvicorn
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=free_port(), log_level="error"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=10) as sock:
+            sock.sendall(b"POST /api/tasks/1/ranking HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 16777216\r\n\r\n" + b"x" * 1024)
+            t0, reply = time.perf_counter(), b""
+            while b"\r\n\r\n" not in reply:
+                part = sock.recv(65536)
+                if not part:
+                    break
+                reply += part
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert time.perf_counter() - t0 < 5  # it did not wait for the other 16 MB
+    finally:
+        server.should_exit = True
+        th.join(10)
+        store.close()
+
+
+def test_docs_are_served_offline(sqlite_store):
+    """/docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline), no CDN."""
+    client = TestClient(create_app(sqlite_store))
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        assert f'src="/static-offline-docs/{asset}"' in html, html[:500]
+        assert "cdn" not in html.lower() and "https://" not in html
+        js = client.get(f"/static-offline-docs/{asset}")
+        assert js.status_code == 200 and len(js.content) > 100_000  # the real bundle, not a stub
+    assert client.get("/static-offline-docs/swagger-ui.css").status_code == 200
+
+
+def test_database_failure_is_503(tmp_path):
+    import sqlalchemy as sa
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    (t,) = fill(store, 1, k=2)
+    h = auth(store.add_annotator("alice"))
+    with TestClient(create_app(store)) as c:
+        ids = [r["id"] for r in c.get("/api/tasks/next", headers=h).json()["responses"]]
+        store.engine.dispose()  # new connections from here on refuse every write: a real SQLite error
+        sa.event.listen(store.engine, "connect", lambda conn, _: conn.execute("PRAGMA query_only=ON"))
+        r = c.post(f"/api/tasks/{t}/ranking", headers=h, json={"order": ids})
+        assert r.status_code == 503 and "database error" in r.json()["detail"], r.text
+    store.close()
+
+
 def test_arena_votes(store):
     (t1, t2) = fill(store, 2, k=2, kind="arena")
     fill(store, 1, k=3)  # a rank task: not served in arena mode
@@ -227,7 +330,8 @@ def test_arena_votes(store):
         ("arena", "arena", True, sorted([a, b])), ("arena", "arena", False, [y, x])]
 
 
-def test_prepare_arena_samples_each_checkpoint(tmp_path, store):
+def test_prepare_arena_samples_each_checkpoint(tmp_path, sqlite_store):
+    store = sqlite_store
     pytest.importorskip("transformers")
     import torch
     from transformers import LlamaForCausalLM
@@ -291,7 +395,14 @@ def test_fuzz_openapi_no_server_error(tmp_path):
     store = FeedbackStore(f"sqlite:///{tmp_path / 'fuzz.db'}")
     tasks = fill(store, 3, k=3, overlap=2) + fill(store, 2, k=2, kind="arena")
     ids = {t: [r["id"] for r in store.task(t)["responses"]] for t in tasks}
-    headers = auth(store.add_annotator("fuzzer"))
+    token = store.add_annotator("fuzzer")
+    headers, fuzzer = auth(token), store.authenticate(token)["id"]
+    import sqlalchemy as sa
+
+    from rlhfkit.feedback.store import offers
+
+    with store.engine.begin() as conn:  # every task offered to the fuzzer, so steered rankings can be accepted
+        conn.execute(sa.insert(offers), [{"task_id": t, "annotator_id": fuzzer, "created_at": 0.0} for t in tasks])
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(store))
     checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
     statuses = []
@@ -315,155 +426,3 @@ def test_fuzz_openapi_no_server_error(tmp_path):
         store.close()
     assert len(statuses) >= 5 * 20, len(statuses)  # 5 operations, each fuzzed
     assert {200, 401, 404, 422} <= set(statuses), sorted(set(statuses))  # the fuzz reached every kind of answer
-
-
-# ---------------------------------------------------------------------------------------
-# a real server: load and SIGKILL
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`rlhfkit label RUN --port P` in a subprocess; stopped (SIGKILL) on exit whatever happens."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir, self.port, self.proc = run_dir, free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Server":
-        self.log = open(self.run_dir / f"server-{self.port}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", str(self.run_dir),
-                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.run_dir / f'server-{self.port}.log').read_text()}")
-            try:
-                if httpx.get(self.url + "/openapi.json", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("server did not start in 30 s")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
-        self.log.close()
-
-
-async def annotate(url: str, token: str, n: int, seed: int, acked: list, errors: list, stop: asyncio.Event) -> None:
-    """One annotator: fetch the next task, rank it randomly, sometimes resend; n rankings or until stopped.
-
-    `acked` gets (token, task_id, ranking_id, order) for every 200; a connection error (the
-    server was killed) ends this annotator, a 5xx is recorded in `errors`.
-    """
-    rng = random.Random(seed)
-    h = auth(token)
-    async with httpx.AsyncClient(base_url=url, timeout=20) as c:
-        done = 0
-        try:
-            while done < n and not stop.is_set():
-                r = await c.get("/api/tasks/next", headers=h)
-                if r.status_code >= 500:
-                    errors.append(("next", r.status_code, r.text))
-                if r.status_code != 200:
-                    return
-                task = r.json()
-                order = [x["id"] for x in task["responses"]]
-                rng.shuffle(order)
-                body = {"order": order, "seconds": round(rng.uniform(1, 20), 1)}
-                for attempt in range(1 + (rng.random() < 0.1)):  # 10% resent: must come back created=False
-                    r = await c.post(f"/api/tasks/{task['task_id']}/ranking", headers=h, json=body)
-                    if r.status_code != 200:
-                        errors.append(("submit", r.status_code, r.text))
-                        return
-                    if attempt == 1 and r.json()["created"]:
-                        errors.append(("resend created a second ranking", task["task_id"]))
-                    acked.append((token, task["task_id"], r.json()["ranking_id"], order))
-                done += 1
-        except httpx.TransportError:
-            return  # the server went away
-
-
-def setup_run(run_dir: Path, n_annotators: int, n_tasks: int) -> list[str]:
-    with FeedbackStore.for_run(run_dir) as s:
-        fill(s, n_tasks, k=4, overlap=n_annotators)  # every annotator ranks every task
-        return [s.add_annotator(f"a{i:02d}") for i in range(n_annotators)]
-
-
-def check_stored(run_dir: Path, acked: list, tokens: list[str]) -> list[dict]:
-    """Every acknowledged ranking is in the db with its order, and each (task, annotator) once."""
-    names = {t: f"a{i:02d}" for i, t in enumerate(tokens)}
-    with FeedbackStore.for_run(run_dir) as s:
-        stored = s.rankings()
-    by_id = {r["ranking_id"]: r for r in stored}
-    for token, task_id, rid, order in acked:
-        r = by_id.get(rid)
-        assert r is not None, f"acknowledged ranking {rid} lost"
-        assert (r["task_id"], r["annotator"], r["response_ids"]) == (task_id, names[token], order)
-    pairs = [(r["task_id"], r["annotator"]) for r in stored]
-    assert len(pairs) == len(set(pairs))
-    return stored
-
-
-def test_load_50_annotators_2000_rankings(tmp_path):
-    n_annotators, per_annotator = 50, 40  # 50 x 40 = 2,000 rankings
-    tokens = setup_run(tmp_path, n_annotators, per_annotator)
-    acked, errors = [], []
-
-    async def main():
-        stop = asyncio.Event()
-        await asyncio.wait_for(asyncio.gather(*(
-            annotate(srv.url, t, per_annotator, i, acked, errors, stop) for i, t in enumerate(tokens))), timeout=90)
-
-    with Server(tmp_path) as srv:
-        t0 = time.perf_counter()
-        asyncio.run(main())
-        elapsed = time.perf_counter() - t0
-    assert errors == []
-    stored = check_stored(tmp_path, acked, tokens)
-    assert len(stored) == 2000
-    assert len({a[2] for a in acked}) == 2000  # resends came back with the first id
-    n_requests = 2 * 2000 + (len(acked) - 2000)
-    print(f"\nload: {n_annotators} annotators, 2000 rankings ({len(acked) - 2000} resends) in {elapsed:.1f} s = "
-          f"{2000 / elapsed:.0f} rankings/s, {n_requests / elapsed:.0f} requests/s, no 5xx")
-
-
-def test_sigkill_mid_load_loses_no_acknowledged_ranking(tmp_path):
-    n_annotators, n_tasks = 20, 40
-    tokens = setup_run(tmp_path, n_annotators, n_tasks)
-    acked, errors = [], []
-
-    async def main(srv):
-        stop = asyncio.Event()
-        clients = asyncio.gather(*(annotate(srv.url, t, n_tasks, i, acked, errors, stop)
-                                   for i, t in enumerate(tokens)))
-        deadline = time.time() + 30
-        while len(acked) < 150 and time.time() < deadline:
-            await asyncio.sleep(0.01)
-        srv.kill()  # SIGKILL with requests in flight
-        await asyncio.wait_for(clients, timeout=60)
-
-    with Server(tmp_path) as srv:
-        asyncio.run(main(srv))
-    assert 150 <= len(acked) < n_annotators * n_tasks, len(acked)
-    assert errors == []
-    with Server(tmp_path) as srv:  # restart on the same db: it opens, and the counts agree
-        stored = check_stored(tmp_path, acked, tokens)
-        for i, t in enumerate(tokens):
-            done = httpx.get(srv.url + "/api/me", headers=auth(t)).json()["done"]
-            mine = {a[1] for a in acked if a[0] == t}
-            # at most one more than acknowledged: a ranking committed whose reply the kill cut off
-            assert len(mine) <= done <= len(mine) + 1
-    print(f"\nsigkill: {len({a[2] for a in acked})} rankings acknowledged before the kill, {len(stored)} stored "
-          "after restart, none lost")

@@ -206,3 +206,29 @@ def test_arena_keys_in_chromium(tmp_path, browser):
         assert store.rankings()[1]["tie"] is True
         page.locator("#done").wait_for(state="visible")
     store.close()
+
+
+def test_api_docs_render_offline(tmp_path, browser):
+    """/docs (Swagger UI) and /redoc (ReDoc) render with every request outside this server refused."""
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    with ThreadServer(create_app(store)) as srv:
+        page = browser.new_page()
+        outside = []
+
+        def only_local(route):
+            if route.request.url.startswith(srv.url):
+                route.continue_()
+            else:  # what a machine without network would see
+                outside.append((route.request.resource_type, route.request.url))
+                route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(srv.url + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=15000)
+        assert "rlhfkit feedback" in page.inner_text(".swagger-ui .info .title")
+        assert page.locator(".opblock").count() >= 5  # the five operations, drawn by the local bundle
+        page.goto(srv.url + "/redoc")
+        page.wait_for_selector("h1:has-text('rlhfkit feedback')", timeout=15000)
+        # ReDoc's bundle links its sidebar logo from its own site: an image, whose absence hides nothing
+        assert [(kind, url) for kind, url in outside if kind != "image"] == [], outside
+    store.close()

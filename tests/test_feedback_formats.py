@@ -158,3 +158,37 @@ def test_errors_name_file_and_line(tmp_path):
     r = rlhfkit("feedback", "import", str(tmp_path / "run"), str(bad), check=False)
     assert r.returncode == 2 and "bad.jsonl:2: malformed JSON" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_oasst_rank_must_be_a_whole_number(tmp_path):
+    flat = _write(tmp_path / "flat.jsonl", [
+        {"message_id": "a", "parent_id": None, "role": "prompter", "text": "Name a bird", "message_tree_id": "a"},
+        {"message_id": "c", "parent_id": "a", "role": "assistant", "text": "Pelican", "rank": 0},
+        {"message_id": "b", "parent_id": "a", "role": "assistant", "text": "Owl", "rank": "first"}])
+    with pytest.raises(UserError, match=r"flat.jsonl:3: OASST message 'b': 'rank' must be a whole number >= 0.*'first'"):
+        read_preferences(flat)
+    tree = _write(tmp_path / "tree.jsonl", [{"message_tree_id": "t", "prompt": {
+        "message_id": "p", "role": "prompter", "text": "Hi", "replies": [
+            {"message_id": "x", "role": "assistant", "text": "Hello", "rank": 0},
+            {"message_id": "y", "role": "assistant", "text": "Hey", "rank": -1}]}}])
+    with pytest.raises(UserError, match=r"tree.jsonl:1: OASST message 'y': 'rank' must be .* got -1"):
+        read_preferences(tree)
+
+
+def test_repeated_responses_are_refused(tmp_path):
+    ok = {"prompt": "p", "responses": ["A", "B", "C"]}
+    dup = _write(tmp_path / "dup.jsonl", [ok, {"prompt": "q", "responses": ["A", "B", "A"]}])
+    with pytest.raises(UserError, match=r"dup.jsonl:2: the ranking lists the same response twice \(places 1 and 3"):
+        read_preferences(dup)
+    same = _write(tmp_path / "same.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "x"},
+                                            {"prompt": "b", "chosen": "y", "rejected": "y"}])
+    with pytest.raises(UserError, match=r"same.jsonl:1: every pair has chosen == rejected \(all 2 records"):
+        read_preferences(same)
+    # a lone identical pair among real ones (HH-RLHF has a few) is kept: it is in the data
+    mixed = _write(tmp_path / "mixed.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "x"},
+                                              {"prompt": "b", "chosen": "good", "rejected": "bad"}])
+    assert [r["responses"] for r in read_preferences(mixed)] == [["x", "x"], ["good", "bad"]]
+    r = rlhfkit("feedback", "import", str(tmp_path / "run"), str(same), check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "same.jsonl:1:" in r.stderr
+    assert not (tmp_path / "run" / "feedback.db").exists() or FeedbackStore.for_run(tmp_path / "run").counts()[
+        "rankings"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import re
@@ -16,7 +17,11 @@ from rlhfkit.rewards.gold import joke, joke_components
 
 SCALE = 0.05
 FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
-         "prompts_math.jsonl", "prompts_math_eval.jsonl", "README.md")
+         "prompts_math.jsonl", "prompts_math_eval.jsonl", "prompts_jokes_ood.jsonl", "prompts_math_ood.jsonl",
+         "README.md")
+# what a model trained on this world reads: the OOD files' animals and numbers must be absent
+TRAINING_FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+                  "prompts_math.jsonl", "prompts_math_eval.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,24 @@ def test_same_seed_same_bytes(world, tmp_path):
     other = tmp_path / "other"
     W.write_world(other, seed=1, scale=SCALE)
     assert (other / "corpus.txt").read_bytes() != (world / "corpus.txt").read_bytes()
+
+
+# sha256 of seed 0, scale 0.05, recorded before world.py was split into modules and before the
+# out-of-distribution files were added: a refactor or a new file must leave these bytes alone
+RECORDED_SHA256 = {
+    "corpus.txt": "916ee568382a1cf2666eee69664c42532421bffa5527815992489e88afa7c93c",
+    "sft.jsonl": "5da9ea21ecec217fc43d5dbca2eaa434ce3ba2df1fb6938a71824218ffee9870",
+    "sft_eval.jsonl": "a24ca691ca25d5b4ae7de0da60920a74c92ecae1943a26446f7c41706590a115",
+    "prompts_jokes.jsonl": "5ada135535606c0a0829fe56a5f615b9e3ccd94a366427ca4826d0d409ac76cd",
+    "prompts_jokes_eval.jsonl": "4316b431c70c75fe94148f79d25a7f4c73d7bde32398291a9b4b4c93c14c7e68",
+    "prompts_math.jsonl": "7f1ff688416d57a13e09bbddda04eca1050de7d5885e30954c840ac8a91fbd7b",
+    "prompts_math_eval.jsonl": "08c6c8bd01965db155fe0736f548e8b010f862e64db3f5d1794ddc6894a85ba5",
+}
+
+
+def test_bytes_match_the_recorded_hashes(world):
+    for name, digest in RECORDED_SHA256.items():
+        assert hashlib.sha256((world / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_corpus_is_plain_documents(world):
@@ -212,3 +235,46 @@ def test_cli_writes_and_refuses_foreign_directory(tmp_path, capsys):
     assert "not a world directory" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert main(["world", str(tmp_path / "x"), "--scale", "0"]) == 2
+
+
+def test_ood_prompts_name_only_what_no_training_file_has(world):
+    jokes = read_jsonl(world / "prompts_jokes_ood.jsonl")
+    maths = read_jsonl(world / "prompts_math_ood.jsonl")
+    assert len(jokes) == len(maths) == round(300 * SCALE)
+    ood = {a.name for a in W.OOD_ANIMALS}
+    assert {r["topic"] for r in jokes} <= ood and len({r["topic"] for r in jokes}) >= 3
+    for r in jokes:
+        assert W.find_animal(r["prompt"]) == r["topic"], r
+    training = {name: (world / name).read_text(encoding="utf-8") for name in TRAINING_FILES}
+    for name, text in training.items():
+        for a in W.OOD_ANIMALS:
+            # "\bkangaroo" catches kangaroo, kangaroos, kangaroo's
+            assert not re.search(rf"\b{a.name}", text, re.I), (name, a.name)
+        # the OOD operands are 200-999; the world's largest other number is 197 (99 + 98)
+        numbers = [int(x) for x in re.findall(r"\d+", text)]
+        assert max(numbers, default=0) < min(W.OOD_OPERANDS), (name, max(numbers))
+        assert numbers or name.startswith("prompts_jokes"), name  # the scan reads the arithmetic
+        assert not re.search(r"\b(?:two|three|four|five|six|seven|eight|nine) hundred", text), name
+    operands = set()
+    for r in maths:
+        x, y = map(int, re.findall(r"\d+", r["prompt"]))
+        plus = "+" in r["prompt"] or "plus" in r["prompt"]
+        assert r["answer"] == str(x + y if plus else x - y) and (plus or x >= y), r
+        operands |= {x, y}
+    assert all(200 <= v <= 999 for v in operands)
+    # the shift is in the operands only: the phrasings are the training prompts'
+    train_shapes = {re.sub(r"\d+", "N", r["prompt"]) for r in read_jsonl(world / "prompts_math.jsonl")}
+    assert {re.sub(r"\d+", "N", r["prompt"]) for r in maths} <= train_shapes
+
+
+def test_gold_scores_ood_animals_by_their_own_name_and_puns():
+    for a in W.OOD_ANIMALS:
+        assert a not in W.ANIMALS and W.ANIMAL[a.name] is a  # never in the corpus, known to the gold
+        for setup, punch in a.jokes:
+            assert joke(f"Tell me a joke about {a.plural}.", f"{setup} {punch}") == pytest.approx(1.0), (a.name, setup)
+    kangaroos = "Tell me a joke about kangaroos."
+    # a perfect pelican joke is off topic here: 0.2 structure + 0.2 brevity + 0.1 ends = 0.5
+    assert joke(kangaroos, GOOD) == pytest.approx(0.5)
+    # on topic but the pun is a pelican's: 0.25 topic + 0.5 = 0.75
+    assert joke(kangaroos, "Why did the kangaroo get kicked out of the restaurant? It had a very big bill!") == pytest.approx(0.75)
+    assert joke(kangaroos, "What do you call a lazy kangaroo? A pouch potato!") == pytest.approx(1.0)

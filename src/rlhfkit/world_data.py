@@ -2,7 +2,8 @@
 
 Every word the world writes comes from here or from the templates in `rlhfkit.world` and
 `rlhfkit.world_jokes`. `ANIMALS` holds each animal's facts, pun words and good jokes; the
-last five (`HELD_OUT_ANIMALS`) appear in the corpus but in no SFT joke or training prompt.
+last five (`HELD_OUT_ANIMALS`) appear in the corpus but in no SFT joke or training prompt;
+`OOD_ANIMALS` appear in no training file at all (only in prompts_jokes_ood.jsonl).
 Besides the tables there are only three tiny text helpers (`an`, `cap`, `number_words`)
 that the tables and every generator share. Only the standard library is imported.
 """
@@ -225,8 +226,44 @@ ANIMALS: list[Animal] = [
             ("Why was the goat so good at jokes?", "It was always kidding!"),
             ("Why did the goat win the big race?", "It is the greatest of all time!"))),
 ]
+
+# Out of distribution: animals that no corpus document, conversation or training prompt names
+# (prompts_jokes_ood.jsonl asks about them). They are kept out of ANIMALS, which the corpus
+# draws from, but are in ANIMAL, so the gold preference knows their names and puns.
+OOD_ANIMALS: list[Animal] = [
+    Animal("kangaroo", "kangaroos", "mammal", "on dry grassland far away", "grass and leaves", "are red, grey or brown", 2, None,
+           ("{a} carries its baby in a pouch.", "{p} hop on their strong back legs."),
+           ("pouch", "jumpy", "spring", "hop"),
+           (("What do you call a lazy kangaroo?", "A pouch potato!"),
+            ("Why did the kangaroo go to the doctor?", "It was feeling jumpy!"),
+            ("What is a kangaroo's favourite season?", "Spring, of course!"))),
+    Animal("zebra", "zebras", "mammal", "on wide grassy plains", "grass", "are black and white", 4, None,
+           ("{p} have black and white stripes.", "{p} live together in big herds."),
+           ("stripe", "stripy", "crossing"),
+           (("Why did the zebra win a medal?", "It had earned its stripes!"),
+            ("Where do zebras cross the road?", "At the zebra crossing!"),
+            ("What does a zebra wear to bed?", "Stripy pyjamas!"))),
+    Animal("tiger", "tigers", "mammal", "in thick forests", "meat", "are orange with black stripes", 4, "roar",
+           ("{p} are the biggest cats of all.", "{a} likes to swim."),
+           ("balanced", "roar", "spotted"),
+           (("Why did the tiger eat the tightrope walker?", "It wanted a balanced meal!"),
+            ("Why do tigers have stripes?", "So they do not get spotted!"),
+            ("What did the tiger say after its show?", "That was a roaring success!"))),
+    Animal("shark", "sharks", "fish", "in the sea", "fish and seals", "are grey", 0, None,
+           ("{p} have many rows of teeth.", "{a} has to keep swimming."),
+           ("fin", "ships", "swallow", "jaw"),
+           (("What do sharks eat for dinner?", "Fish and ships!"),
+            ("What is a shark's favourite game?", "Swallow the leader!"),
+            ("Why did the shark win the race?", "It was fin-ished first!"))),
+    Animal("hedgehog", "hedgehogs", "mammal", "in hedges and gardens", "insects and worms", "are brown and spiky", 4, None,
+           ("{a} rolls into a ball when it is scared.", "{p} sleep through the winter."),
+           ("hog", "spike", "point"),
+           (("Why do hedgehogs never share their food?", "They are real hedge-hogs!"),
+            ("What is a hedgehog's favourite game?", "Spike-and-seek!"),
+            ("Why was the hedgehog good at arguing?", "It always got to the point!"))),
+]
 # fmt: on
-ANIMAL = {a.name: a for a in ANIMALS}
+ANIMAL = {a.name: a for a in ANIMALS + OOD_ANIMALS}
 HELD_OUT_ANIMALS = ("giraffe", "squirrel", "octopus", "crab", "goat")
 TRAIN_ANIMALS = [a for a in ANIMALS if a.name not in HELD_OUT_ANIMALS]
 

@@ -9,7 +9,7 @@ nothing from a CDN) talks to a small JSON API. The API is the public contract, d
 /docs and /openapi.json:
 
     GET  /api/me                        who am I, how far along
-    GET  /api/tasks/next                the next task (204 when none is left)
+    GET  /api/tasks/next                the next task, recorded as offered to you (204: none left)
     POST /api/tasks/{task_id}/ranking   {"order": [ids best first], "all_bad", "seconds", "tie"}
     POST /api/tasks/{task_id}/skip
     POST /api/undo                      delete my most recent ranking
@@ -17,8 +17,11 @@ nothing from a CDN) talks to a small JSON API. The API is the public contract, d
 Every call carries `Authorization: Bearer TOKEN` (tokens from `rlhfkit feedback add-annotator`,
 stored hashed). Identity comes only from the token, so nobody can write as someone else.
 Client mistakes map to 4xx with a `detail` message (store.NotFound -> 404, InvalidRanking -> 422,
-Conflict -> 409); the request bodies are strict pydantic models bounded to what SQLite can
-hold, so no client input reaches the database as something it cannot store (never a 5xx).
+Conflict -> 409: a task already ranked differently, full, skipped, or never offered to you by
+/api/tasks/next; a body over 64 KiB -> 413, refused before it is read); the request bodies are
+strict pydantic models bounded to what SQLite can hold, so no client input reaches the database
+as something it cannot store. A failing database (down, locked past its timeout) is 503.
+/docs and /redoc serve Swagger UI and ReDoc from the fastapi-offline package: no CDN.
 
 Arena mode samples one answer per checkpoint per prompt, then serves blind A/B votes: each vote
 is a 2-way ranking (tie=True for ties) with source "arena"; `rlhfkit feedback stats` rates them.
@@ -39,14 +42,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlhfkit.feedback.store import Conflict, FeedbackStore, InvalidRanking, NotFound, StoreError
+from rlhfkit.feedback.store import Conflict, FeedbackStore, InvalidRanking, NotFound, StoreError, Unavailable
 from rlhfkit.files import UserError, atomic_write_text
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = ("index.html", "app.js", "style.css")
 MAX_ID = 2**63 - 1  # SQLite INTEGER is signed 64-bit: a larger id would overflow in the driver (a 500)
 MAX_K = 64  # responses per task; far above any real K, keeps a hostile body small
-STORE_ERROR_STATUS = {NotFound: 404, InvalidRanking: 422, Conflict: 409}  # any other StoreError: 400
+MAX_BODY = 64 * 1024  # bytes; a ranking of MAX_K ids is well under 2 KiB
+STORE_ERROR_STATUS = {NotFound: 404, InvalidRanking: 422, Conflict: 409, Unavailable: 503}  # other: 400
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,17 +113,77 @@ def _errors(*codes: int) -> dict:
 # the app
 
 
+class _TooLarge(HTTPException):
+    # an HTTPException, so that FastAPI, reading the body inside an endpoint, answers it as a 413
+    # with {"detail"} (it turns any other exception from the body into a 400)
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body too large: over the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app reads it.
+
+    A declared Content-Length over the limit is refused at once, without reading a byte of the
+    body; a chunked body is counted as it arrives and refused at the first chunk past the limit.
+    Pure ASGI rather than Starlette's http middleware, which would wrap every response too."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            return await _send_error(send, 400, f"invalid Content-Length {declared.decode('latin-1')[:40]!r}")
+        if declared is not None and int(declared) > self.limit:
+            return await _send_error(send, 413, f"request body too large: {int(declared)} bytes, "
+                                                f"the limit is {self.limit}")
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge(self.limit)
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge as e:  # read outside an endpoint
+            if not started:
+                await _send_error(send, 413, e.detail)
+
+
+async def _send_error(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})  # the unread rest of the body is not waited for
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(store: FeedbackStore, kind: str = "rank") -> FastAPI:
     """A FastAPI app serving the page and the API over `store`; `kind` is "rank" or "arena"."""
+    from fastapi_offline import FastAPIOffline
+
     if kind not in ("rank", "arena"):
         raise UserError(f"kind must be 'rank' or 'arena', got {kind!r}")
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the package, not a CDN
+    app = FastAPIOffline(
         title="rlhfkit feedback",
         version="1",
         description="Rank model responses (or vote in the arena). Authenticate with `Authorization: Bearer TOKEN` "
         "(tokens come from `rlhfkit feedback add-annotator RUN NAME`).",
     )
     app.state.store = store
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
     bearer = HTTPBearer(auto_error=False, description="annotator token from `rlhfkit feedback add-annotator`")
 
     def annotator(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict:
@@ -151,14 +215,14 @@ def create_app(store: FeedbackStore, kind: str = "rank") -> FastAPI:
         return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
 
     # sync endpoints: FastAPI runs each in a worker thread; the store is safe for concurrent use
-    @app.get("/api/me", response_model=MeOut, responses=_errors(401), tags=["annotator"])
+    @app.get("/api/me", response_model=MeOut, responses=_errors(401, 503), tags=["annotator"])
     def me(who: Who) -> MeOut:
         """Who the token belongs to, what this server asks for, and how far along they are."""
         p = store.progress(who["id"], kind=kind)
         return MeOut(name=who["name"], role=who["role"], kind=kind, done=p["done"], remaining=p["remaining"])
 
     @app.get("/api/tasks/next", response_model=TaskOut, responses={204: {"description": "no task left for you"},
-                                                                   **_errors(401)}, tags=["tasks"])
+                                                                   **_errors(401, 503)}, tags=["tasks"])
     def next_task(who: Who):
         """The oldest task you have not ranked or skipped that still needs rankings; 204 when none is left."""
         t = store.next_task(who["id"], kind=kind)
@@ -167,25 +231,29 @@ def create_app(store: FeedbackStore, kind: str = "rank") -> FastAPI:
         return TaskOut(task_id=t["task_id"], kind=t.get("kind", kind), prompt=t["prompt"],
                        responses=[ResponseOut(id=r["id"], text=r["text"]) for r in t["responses"]])
 
-    @app.post("/api/tasks/{task_id}/ranking", response_model=RankingOut, responses=_errors(400, 401, 404, 409, 422),
+    @app.post("/api/tasks/{task_id}/ranking", response_model=RankingOut,
+              responses=_errors(400, 401, 404, 409, 413, 422, 503),
               tags=["tasks"])
     def submit(task_id: TaskId, body: RankingIn, who: Who) -> RankingOut:
-        """Store your ranking (response ids best first). The same ranking sent again is stored once
-        (created false); a different order for a task you already ranked is 409 (undo first)."""
+        """Store your ranking (response ids best first) of a task /api/tasks/next gave you. The same
+        ranking sent again is stored once (created false); 409 for a different order of a task you
+        already ranked (undo first), a task that is full (its overlap reached), one you skipped, or
+        one never offered to you."""
         # a tie has no order: store it canonically so resending a tie from a re-shuffled page is idempotent
         order = sorted(body.order) if body.tie else list(body.order)
         source = "arena" if task_kind(task_id) == "arena" else "human"  # NotFound -> 404
         rid, created = store.submit_ranking(task_id, who["id"], order, all_bad=body.all_bad, seconds=body.seconds,
-                                            source=source, tie=body.tie)
+                                            source=source, tie=body.tie, offered_only=True)
         return RankingOut(ranking_id=rid, created=created)
 
-    @app.post("/api/tasks/{task_id}/skip", response_model=SkipOut, responses=_errors(401, 404, 422), tags=["tasks"])
+    @app.post("/api/tasks/{task_id}/skip", response_model=SkipOut, responses=_errors(401, 404, 413, 422, 503),
+              tags=["tasks"])
     def skip(task_id: TaskId, who: Who) -> SkipOut:
         """Do not show you this task again."""
         store.skip_task(task_id, who["id"])
         return SkipOut(task_id=task_id)
 
-    @app.post("/api/undo", response_model=UndoOut, responses=_errors(401), tags=["tasks"])
+    @app.post("/api/undo", response_model=UndoOut, responses=_errors(401, 413, 503), tags=["tasks"])
     def undo(who: Who) -> UndoOut:
         """Delete your most recent ranking; its task comes back in /api/tasks/next."""
         return UndoOut(task_id=store.undo_last(who["id"]))

@@ -10,11 +10,14 @@
 
 The store is RUN/feedback.db (SQLite) unless `--db` (or fill's `db` key) names a database
 URL such as postgresql://user@host/rlhf. Export/import record formats: see feedback/formats.py.
+`fill` and `import` are idempotent: run again, they add only what is not in the store yet (a
+killed fill, rerun, finishes the rest); `simulate`, `export` and `stats` need an existing store.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -41,14 +44,44 @@ class FillConfig:
     db: str | None = key(None, "database URL (postgresql://...) or SQLite path; unset: OUT/feedback.db")
 
 
-def fill(cfg: FillConfig) -> int:
-    """Sample cfg.k responses for each prompt and queue one ranking task per prompt; -> tasks queued."""
-    import torch
+FILL_AGAIN = """\
+A second run adds nothing new: each prompt's task carries a key made of the prompt record
+(and which occurrence of it in the file), the model (its path, and its weight files' sizes
+and times: a model retrained in place is a new one) and the sampling settings (k,
+temperature, top_p, max_new_tokens, seed, backend), and prompts whose key is already in
+the store are not sampled again. So a killed fill, rerun with the same settings, samples
+only the prompts it had not stored (a batch is stored whole or not at all), and ends with
+exactly the tasks one uninterrupted run makes, the same samples included (each batch has
+its own seed). Changing a sampling setting or the model queues a new task per prompt;
+overlap and batch_size are not part of the key."""
 
-    from rlhfkit.data import encode_prompt, read_prompts
+
+def _model_stamp(model: str) -> list:
+    """Which model: its resolved path (runs/x and ./runs/x are one) and its weight files' names, sizes
+    and modification times, so a model retrained in place is a new model; a hub id as given."""
+    path = Path(model)
+    if not path.exists():
+        return [model]
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")) \
+        if path.is_dir() else [path]
+    return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _fill_key(rec: dict, occurrence: int, model: list, sampling: dict) -> str:
+    ident = ["fill", occurrence, rec, model, sampling]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    """The sampling seed of the batch that starts at prompt `start`: a rerun samples it identically."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{start}".encode()).digest()[:8], "big") >> 1
+
+
+def fill(cfg: FillConfig) -> int:
+    """Sample cfg.k responses for each prompt not yet in the store and queue one ranking task per
+    prompt; -> tasks queued by this run (0 when an earlier run did them all; see FILL_AGAIN)."""
+    from rlhfkit.data import read_prompts
     from rlhfkit.feedback.store import FeedbackStore
-    from rlhfkit.generation import generate
-    from rlhfkit.models import eos_token_ids, load_causal_lm, load_tokenizer
 
     if not cfg.prompts:
         raise UserError("feedback fill: set `prompts` (a JSONL file of prompts)")
@@ -56,38 +89,63 @@ def fill(cfg: FillConfig) -> int:
         raise UserError(f"feedback fill: k must be >= 2 to rank anything, got {cfg.k}")
     if cfg.overlap < 1:
         raise UserError(f"feedback fill: overlap must be >= 1, got {cfg.overlap}")
+    if cfg.batch_size < 1:
+        raise UserError(f"feedback fill: batch_size must be >= 1, got {cfg.batch_size}")
     records = read_prompts(cfg.prompts)
     if cfg.max_prompts > 0:
         records = records[: cfg.max_prompts]
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                "seed": cfg.seed}
+    ident = {**sampling, "k": cfg.k, "backend": cfg.backend}
+    seen: dict[str, int] = {}
+    keys, stamp = [], _model_stamp(cfg.model)
+    for rec in records:
+        text = json.dumps(rec, sort_keys=True, ensure_ascii=False)
+        keys.append(_fill_key(rec, seen.get(text, 0), stamp, ident))
+        seen[text] = seen.get(text, 0) + 1
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     store = FeedbackStore.for_run(out, cfg.db)  # open (and check the schema) before the slow part
-    save_config(cfg, out / "fill-config.toml", stage="feedback fill")
+    try:
+        done = store.task_keys(keys)
+        save_config(cfg, out / "fill-config.toml", stage="feedback fill")
+        queued = _sample_into(store, cfg, records, keys, done, sampling) if len(done) < len(keys) else 0
+    finally:
+        store.close()
+    again = f"; {len(done)} prompts were already in the store" if done else ""
+    print(f"queued {queued} ranking tasks of {cfg.k} responses (overlap {cfg.overlap}) in {out}{again}")
+    return queued
+
+
+def _sample_into(store, cfg: FillConfig, records: list[dict], keys: list[str], done: set[str],
+                 sampling: dict) -> int:
+    import torch
+
+    from rlhfkit.data import encode_prompt
+    from rlhfkit.generation import generate
+    from rlhfkit.models import eos_token_ids, load_causal_lm, load_tokenizer
+
     tok = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
     eos = eos_token_ids(model, tok)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
-                "seed": cfg.seed}
     per_batch = max(1, cfg.batch_size // cfg.k)  # whole prompts per batch: a task's K responses land together
-    queued = 0
-    try:
-        for start in range(0, len(records), per_batch):
-            batch = records[start: start + per_batch]
-            ids = [encode_prompt(tok, r["messages"]) for r in batch]
-            rollout = generate(model, [p for p in ids for _ in range(cfg.k)], max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, eos_token_ids=eos,
-                               pad_token_id=tok.pad_token_id, generator=gen, backend=cfg.backend)
-            texts = rollout.texts(tok)
-            for i, rec in enumerate(batch):
-                meta = {k: v for k, v in rec.items() if k != "prompt"}
-                store.add_sampled(rec["prompt"], meta, texts[i * cfg.k: (i + 1) * cfg.k], cfg.model, sampling,
-                                  overlap=cfg.overlap)
-                queued += 1
-            print(f"feedback fill: {queued}/{len(records)} prompts sampled", file=sys.stderr)
-    finally:
-        store.close()
-    print(f"queued {queued} ranking tasks of {cfg.k} responses (overlap {cfg.overlap}) in {out}")
+    queued, total = 0, len(records) - len(done)
+    for start in range(0, len(records), per_batch):
+        batch = [(r, key) for r, key in zip(records[start: start + per_batch], keys[start: start + per_batch])
+                 if key not in done]
+        if not batch:
+            continue
+        ids = [encode_prompt(tok, r["messages"]) for r, _ in batch]
+        gen = torch.Generator().manual_seed(_batch_seed(cfg.seed, start))
+        rollout = generate(model, [p for p in ids for _ in range(cfg.k)], max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p, eos_token_ids=eos,
+                           pad_token_id=tok.pad_token_id, generator=gen, backend=cfg.backend)
+        texts = rollout.texts(tok)
+        store.add_sampled_many([(r["prompt"], {k: v for k, v in r.items() if k != "prompt"},
+                                 texts[i * cfg.k: (i + 1) * cfg.k], key) for i, (r, key) in enumerate(batch)],
+                               cfg.model, sampling, overlap=cfg.overlap)
+        queued += len(batch)
+        print(f"feedback fill: {queued}/{total} prompts sampled", file=sys.stderr, flush=True)
     return queued
 
 
@@ -101,6 +159,17 @@ def _store(a):
     elif not a.db and not Path(a.run).is_dir():
         raise UserError(f"{a.run}: run directory not found (make one with `rlhfkit feedback fill` "
                         "or `rlhfkit feedback import`)")
+    elif a.cmd in READERS:  # reading an empty place must not leave an empty database behind
+        path = Path(a.db) if a.db and "://" not in a.db else None if a.db else Path(a.run) / "feedback.db"
+        if path is not None and not path.is_file():
+            raise UserError(f"{path}: no feedback store here (fill it with `rlhfkit feedback fill` or "
+                            "`rlhfkit feedback import`, or give --db)")
+    if a.cmd == "export":
+        out = Path(a.out)
+        if out.is_dir() or a.out.endswith(("/", "\\")):
+            raise UserError(f"--out {a.out}: is a directory; give a file name such as {out / 'prefs.jsonl'}")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise UserError(f"--out {a.out}: {out.parent} is a file, not a directory")
     return FeedbackStore.for_run(a.run, a.db)
 
 
@@ -116,7 +185,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
         return sp
 
     sp = add("fill", "sample K responses per prompt from a model and queue ranking tasks", run=False,
-             epilog="keys (name, default, meaning):\n" + describe(FillConfig),
+             epilog=FILL_AGAIN + "\n\nkeys (name, default, meaning):\n" + describe(FillConfig),
              formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--config", help="TOML file of flat key = value pairs")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
@@ -213,5 +282,6 @@ def _stats(store, a) -> int:
     return 0
 
 
+READERS = ("simulate", "export", "stats")  # commands that need an existing store
 COMMANDS = {"add-annotator": _add_annotator, "simulate": _simulate, "import": _import, "export": _export,
             "stats": _stats}

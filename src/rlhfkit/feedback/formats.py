@@ -22,6 +22,9 @@ Formats (plain `.jsonl` or `.jsonl.gz`; `auto` looks at the first record):
   the flat message export (one message per line with "message_id", "parent_id"); every set of
   >= 2 sibling assistant replies with a `rank` is one K-way ranking (rank 0 = best), and the
   prompt is the conversation from the root to their parent.
+
+Every format: a ranking of K > 2 responses that lists one text twice is refused at its line,
+and so is a file whose pairs all have chosen == rejected (a lone such pair is kept).
 """
 
 from __future__ import annotations
@@ -193,6 +196,11 @@ def _oasst_groups(node: dict, path: list[dict], where: str, tree_id: str) -> Ite
                         "'prompter' or 'assistant'")
     path = path + [{"role": _OASST_ROLE[node["role"]], "content": node["text"]}]
     kids = [k for k in node.get("replies") or [] if not k.get("deleted")]
+    for k in kids:
+        rank = k.get("rank")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise UserError(f"{k.get('_where', where)}: OASST message {k.get('message_id')!r}: 'rank' must be a "
+                            f"whole number >= 0 (0 = best), got {rank!r}")
     ranked = sorted((k for k in kids if k.get("rank") is not None and k.get("role") == "assistant"),
                     key=lambda k: k["rank"])
     if len(ranked) >= 2:
@@ -263,9 +271,32 @@ def read_preferences(path: str | Path, format: str = "auto") -> list[dict]:
         yield first
         yield from lines
 
-    records = list(READERS[format](chained()))
+    records = _distinct(list(READERS[format](chained())), path)
     if not records:
         raise UserError(f"{path}: no ranked groups in this {format} file")
+    return records
+
+
+def _distinct(records: list[dict], path: Path) -> list[dict]:
+    """Refuse rankings that cannot teach a reward model anything, naming the file and line.
+
+    A K-way ranking (K > 2) that lists one text twice would rank a response above itself; a
+    file whose pairs all have chosen == rejected gives every pair the constant loss ln 2 and a
+    zero gradient. A lone equal pair is kept: real sets (HH-RLHF) hold a few."""
+    same = []
+    for r in records:
+        resp = r["responses"]
+        if len(set(resp)) == len(resp):
+            continue
+        where = f"{r['meta']['file']}:{r['meta']['line']}"
+        if len(resp) > 2:
+            first = next(i for i, t in enumerate(resp) if resp.index(t) != i)
+            raise UserError(f"{where}: the ranking lists the same response twice (places {resp.index(resp[first]) + 1}"
+                            f" and {first + 1} of {len(resp)}: {resp[first][:40]!r}); each response must appear once")
+        same.append(where)
+    if same and len(same) == len(records):
+        raise UserError(f"{same[0]}: every pair has chosen == rejected (all {len(same)} records of {path}): "
+                        "nothing to learn from")
     return records
 
 

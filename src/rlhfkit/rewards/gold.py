@@ -13,7 +13,7 @@ big bill!") scores 1.0 and "the the the the" scores 0.0. The parts, each in [0, 
 
 - topic: the response names the animal the prompt asks about (singular or plural);
 - pun: the punchline (the text after the setup question) holds a word from that animal's pun
-  table in `rlhfkit.world.ANIMALS` ("bill" for pelicans, "moo-vies" for cows);
+  table in `rlhfkit.world.ANIMAL` ("bill" for pelicans, "moo-vies" for cows);
 - structure: 0.5 for a setup question (3+ words ending in "?"), 0.5 more for a punchline after
   it that is not itself a question;
 - brevity: 1 up to 30 words, falling linearly to 0 at 60; short answers ramp up to 1 at 5 words;
@@ -22,7 +22,11 @@ big bill!") scores 1.0 and "the the the the" scores 0.0. The parts, each in [0, 
   is: 1 - 2 * (share of words equal to the previous word) - 2.5 * (share of repeated word
   trigrams) - 2 * (share of words, above 1/3, taken by the most common content word).
 
-A prompt that names no known animal accepts any animal for topic and pun.
+The animal is the first one the prompt names among `rlhfkit.world.ANIMAL`, which holds the
+out-of-distribution animals too (`OOD_ANIMALS`: kangaroo, zebra, ... named by no training
+file): a kangaroo prompt wants a kangaroo and a kangaroo pun, and a pelican joke scores 0.5
+there (off topic, no pun), as it would for any other animal. A prompt that names no known
+animal accepts any animal for topic and pun.
 """
 
 from __future__ import annotations
