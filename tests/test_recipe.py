@@ -110,7 +110,7 @@ def my_gold(prompt: str, response: str) -> float:
 RLHF = RECIPE + """
 [rank]
 stage = "feedback"
-args = ["simulate", "{{run}}/world", "--labeler", "{{labeler}}", "--seed", "{{seed}}", "--annotators", "1"]
+args = ["simulate", "{{run}}/fb", "--labeler", "{{labeler}}", "--seed", "{{seed}}", "--annotators", "1"]
 
 [tok2]
 stage = "tokenizer"
@@ -121,13 +121,21 @@ vocab_size = 300
 """
 
 
+def _rlhf_recipe(tmp_path):
+    from rlhfkit.feedback.store import FeedbackStore
+
+    FeedbackStore.for_run(tmp_path / "run" / "fb").close()  # an empty store for the ranking step
+    p = tmp_path / "r.toml"
+    p.write_text(RLHF.format(run_dir=tmp_path / "run", vocab=300))
+    return p
+
+
 def _ran(out: str) -> list[str]:
     return [line.split()[1] for line in out.splitlines() if line.startswith("== ") and "unchanged" not in line]
 
 
 def test_labeler_and_seed_rerun_only_the_steps_that_use_them(tmp_path, capsys):
-    p = tmp_path / "r.toml"
-    p.write_text(RLHF.format(run_dir=tmp_path / "run", vocab=300))
+    p = _rlhf_recipe(tmp_path)
     run_recipe(p)
     assert _ran(capsys.readouterr().out) == ["world", "tokenizer", "rank", "tok2"]
     run_recipe(p, seed=0)  # the recipe's default seed, named: nothing changes
@@ -146,8 +154,7 @@ def test_an_edited_labeler_file_reruns_its_steps(tmp_path, capsys, monkeypatch):
     mod = tmp_path / "mylabeler.py"
     mod.write_text("def score(prompt, response):\n    return 1.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    p = tmp_path / "r.toml"
-    p.write_text(RLHF.format(run_dir=tmp_path / "run", vocab=300))
+    p = _rlhf_recipe(tmp_path)
     run_recipe(p, labeler="mylabeler:score")
     capsys.readouterr()
     mod.write_text("def score(prompt, response):\n    return -len(response)\n")
