@@ -117,7 +117,7 @@ def _guard(tmp_path, mode="on", respond=True, **kw):
         (path / "step.txt").write_text(str(current[0]))
         saved.append(current[0])
     current = [0]
-    g = Guard(mode, tmp_path / "out", Limits(), spot_checks=4,
+    g = Guard(mode, tmp_path / "out", Limits(length_ratio=2.0, repetition_rise=0.25), spot_checks=4,
               respond=simulated_responder(QUALITY, 0.0, seed=0) if respond else None, save_best=save_best, **kw)
     return g, current, saved
 

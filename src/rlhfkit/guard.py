@@ -63,9 +63,12 @@ class GuardKeys:
                                      "standard errors of the difference (0: off)")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on spot checks "
                                             "falls this far below its best, and by more than its noise (0: off)")
-    guard_length_ratio: float = key(2.0, "stop when the mean response length leaves [start / r, start * r] (0: off)")
-    guard_repetition_rise: float = key(0.25, "stop when the share of repeated word trigrams rises this far above the "
-                                             "start's (0: off)")
+    # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
+    # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
+    guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
+                                         "(0: off; e.g. 2)")
+    guard_repetition_rise: float = key(0.0, "stop when the share of repeated word trigrams rises this far above the "
+                                            "start's (0: off; e.g. 0.25)")
     guard_labeler: str = key("", "who answers the spot checks: module:function, a simulated person (Plackett-Luce "
                                  "over its scores, through the store); empty: people (`rlhfkit label OUT`)")
     guard_labeler_temperature: float = key(0.15, "the simulated person's noise (0.15: two of them agree on ~71% of "
@@ -91,8 +94,8 @@ class Limits:
     disagreement_rise: float = 2.0
     win_drop: float = 1.0
     agreement_drop: float = 0.25
-    length_ratio: float = 2.0
-    repetition_rise: float = 0.25
+    length_ratio: float = 0.0
+    repetition_rise: float = 0.0
 
     @classmethod
     def from_keys(cls, cfg: GuardKeys) -> "Limits":
