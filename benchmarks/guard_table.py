@@ -1,6 +1,8 @@
 """What the guard decided in an RL run, beside what the hidden person thought: one row per eval.
 
     python benchmarks/guard_table.py runs/demo/ppo          # after a run with `gold` set
+    python benchmarks/guard_table.py runs/demo/ppo --set win_drop=1 --set agreement_drop=0
+                                     # what other limits would have decided (an observe run: exact)
 
 Reads OUT/guard.json (the guard's evidence and decisions), OUT/samples.jsonl (each eval's
 samples; their `gold` field, which the guard never reads) and OUT/metrics.jsonl. Prints per
@@ -16,7 +18,10 @@ import argparse
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
+
+from rlhfkit.guard import Limits, replay
 
 
 def regret(gold_by_step: dict[int, float], shipped: int) -> float | None:
@@ -29,8 +34,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", type=Path, help="the RL stage's output directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="LIMIT=V",
+                   help="replay the run's evals with another limit (kl_budget, win_drop, agreement_drop, ...)")
     a = p.parse_args()
     gj = json.loads((a.out / "guard.json").read_text())
+    if a.set:
+        limits = replace(Limits(**gj["rules"]), **{k: float(v) for k, v in (x.split("=", 1) for x in a.set)})
+        gj["stop_step"], gj["reason"], gj["shipped_step"] = replay(gj["evals"], limits)
+        stop = gj["stop_step"] if gj["stop_step"] is not None else gj["evals"][-1]["step"]
+        gj["labels_used"] = sum(e["labels"] for e in gj["evals"] if e["step"] <= stop)
+        print(f"replayed with {limits}")
     golds: dict[int, list[float]] = defaultdict(list)
     for line in (a.out / "samples.jsonl").read_text().splitlines():
         s = json.loads(line)

@@ -14,7 +14,7 @@ import pytest
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.files import UserError
 from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
-                           guard_mode, make_guard, rate_with_noise, repetition_rate, simulated_responder)
+                           guard_mode, make_guard, rate_with_noise, repetition_rate, replay, simulated_responder)
 
 QUALITY = "test_guard:quality"
 
@@ -54,16 +54,18 @@ def _h(step=0, **kw):
     ("disagreement", [_h(ensemble_std_rel=2.5)], Limits(disagreement_rise=2), True),
     ("disagreement", [_h(ensemble_std_rel=1.5)], Limits(disagreement_rise=2), False),
     ("disagreement", [_h()], Limits(disagreement_rise=2), False),  # one reward model: no signal
-    # best 0.8 (se 0.1) -> 0.5 (se 0.1): drop 0.3 > 1 x hypot(0.1, 0.1) = 0.141
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.5, win_se=0.1)], Limits(win_drop=1), True),
-    # -> 0.7: drop 0.1 < 0.141, within the noise
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.7, win_se=0.1)], Limits(win_drop=1), False),
-    # 3 standard errors: 0.3 < 0.424
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, win_se=0.1), _h(20, win_rate=0.5, win_se=0.1)], Limits(win_drop=3), False),
-    # agreement 0.9 -> 0.6: drop 0.3 > max(hypot(0.05, 0.05), 0.25); -> 0.7: 0.2 < 0.25
-    ("agreement", [_h(0), _h(10, agreement=0.9, agreement_se=0.05), _h(20, agreement=0.6, agreement_se=0.05)],
+    # best 0.8 -> 0.5, 20 labels each: pooled p 0.65, se sqrt(0.65 x 0.35 x (1/20 + 1/20)) = 0.151;
+    # drop 0.3 > 1 x 0.151 fires, < 3 x 0.151 = 0.452 does not; 0.8 -> 0.7: 0.1 < 0.151
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=1), True),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=3), False),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.7, labels=20)], Limits(win_drop=1), False),
+    # against the start's exact 0.5: se sqrt(0.25 / 12) = 0.144; 0.25 < 2 x 0.144 = 0.289 does not fire, z = 1 does
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=2), False),
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
+    # agreement 0.9 -> 0.6 (20 each): pooled se 0.137, limit max(2 x 0.137, 0.25) = 0.274 < 0.3 fires; -> 0.7 does not
+    ("agreement", [_h(0), _h(10, agreement=0.9, labels=20), _h(20, agreement=0.6, labels=20)],
      Limits(agreement_drop=0.25), True),
-    ("agreement", [_h(0), _h(10, agreement=0.9, agreement_se=0.05), _h(20, agreement=0.7, agreement_se=0.05)],
+    ("agreement", [_h(0), _h(10, agreement=0.9, labels=20), _h(20, agreement=0.7, labels=20)],
      Limits(agreement_drop=0.25), False),
     ("length", [_h(length_ratio=0.4)], Limits(length_ratio=2), True),
     ("length", [_h(length_ratio=2.5)], Limits(length_ratio=2), True),
@@ -84,6 +86,17 @@ def test_choose_shipped_by_hand():
     assert choose_shipped(h) == 10  # 20 fired; 10 and 30 tie at 0.7: the earlier
     assert choose_shipped([_h(0), _h(10, win_rate=0.4, labels=8)]) == 0  # the start beats a losing policy
     assert choose_shipped([_h(0), _h(10), _h(20, fired=["length"])]) == 10  # no labels: the last step before
+
+
+def test_replay_with_other_limits():
+    # win rates 0.5 (exact) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start:
+    # z = 1 stops at the first dip (0.25 > sqrt(0.25 / 12) = 0.144) and ships the start
+    ev = [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.75, labels=12), _h(15, win_rate=0.25, labels=12)]
+    assert replay(ev, Limits(win_drop=1))[::2] == (5, 0)
+    # z = 2: step 5's 0.25 < 0.289; step 15's 0.5 > 2 x sqrt(0.25 x 2 / 12) = 0.408: stop there, ship 10
+    stop, reason, shipped = replay(ev, Limits(win_drop=2))
+    assert (stop, shipped) == (15, 10) and reason.startswith("win_rate")
+    assert replay(ev, Limits(win_drop=0)) == (None, "no stop rule fired", 10)
 
 
 def test_mode_defaults_on_for_a_learned_reward():

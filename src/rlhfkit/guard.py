@@ -59,10 +59,11 @@ class GuardKeys:
     guard_disagreement_rise: float = key(2.0, "stop when the ensemble's std on the policy's samples exceeds this "
                                               "multiple of its value on the starting policy's (0: off)")
     guard_spot_checks: int = key(16, "fresh comparisons of the policy vs the starting policy per eval (0: none)")
-    guard_win_drop: float = key(1.0, "stop when the spot-check win rate falls from its best by more than this many "
-                                     "standard errors of the difference (0: off)")
+    # z = 2: a policy as good as its best so far trips the rule at ~2% of evals (one-sided)
+    guard_win_drop: float = key(2.0, "stop when the spot-check win rate falls from its best by more than this many "
+                                     "pooled standard errors of the difference (0: off)")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on spot checks "
-                                            "falls this far below its best, and by more than its noise (0: off)")
+                                            "falls this far below its best, and by more than 2 standard errors (0: off)")
     # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
     # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
     guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
@@ -92,7 +93,7 @@ class Limits:
     """The stop rules' thresholds (0 turns a rule off)."""
     kl_budget: float = 25.0
     disagreement_rise: float = 2.0
-    win_drop: float = 1.0
+    win_drop: float = 2.0
     agreement_drop: float = 0.25
     length_ratio: float = 0.0
     repetition_rise: float = 0.0
@@ -152,18 +153,30 @@ def agreement_outcomes(rm_margins: list[float], labels: list[float]) -> list[flo
     return [0.5 if m == 0 or lab == 0.5 else float((m > 0) == (lab == 1.0)) for m, lab in zip(rm_margins, labels)]
 
 
-def fell_from_best(history: list[dict], key_: str, se_key: str, z: float, min_drop: float = 0.0) -> str | None:
-    """The latest value of `key_` fell below its best so far by more than z standard errors of the
-    difference (sqrt(se_best^2 + se_now^2)) and by more than min_drop; -> a reason or None."""
-    seen = [h for h in history if h.get(key_) is not None]
+def pooled_se(p1: float, n1: float, p2: float, n2: float) -> float:
+    """Standard error of p1 - p2 if both rates were equal (the pooled two-proportion z-test);
+    n1 = inf: p1 is exact (the starting policy's 0.5 against itself)."""
+    if math.isinf(n1):
+        return math.sqrt(p1 * (1 - p1) / n2)
+    p = (p1 * n1 + p2 * n2) / (n1 + n2)
+    return math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+
+
+def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0.0) -> str | None:
+    """The latest rate `key_` fell below its best so far by more than z pooled standard errors
+    (a one-sided two-proportion test: z = 2 is ~2% false alarms per eval for an unchanged rate)
+    and by more than min_drop; -> a reason or None. A rate counts from its `labels` comparisons;
+    step 0's win rate (the start against itself) is exact."""
+    def n(h):
+        return math.inf if h is history[0] and key_ == "win_rate" else h["labels"]
+    seen = [h for h in history if h.get(key_) is not None and n(h)]
     if len(seen) < 2 or seen[-1] is not history[-1]:
         return None
     now = seen[-1]
     best = max(seen[:-1], key=lambda h: h[key_])
-    drop, noise = best[key_] - now[key_], math.hypot(best[se_key] or 0.0, now[se_key] or 0.0)
-    if drop > max(z * noise, min_drop):
-        return (f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: "
-                f"a drop of {drop:.3f} > {max(z * noise, min_drop):.3f}")
+    drop, limit = best[key_] - now[key_], max(z * pooled_se(best[key_], n(best), now[key_], n(now)), min_drop)
+    if drop > limit:
+        return f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: a drop of {drop:.3f} > {limit:.3f}"
     return None
 
 
@@ -184,13 +197,13 @@ def rule_disagreement(h: list[dict], lim: Limits) -> str | None:
 def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
     if not lim.win_drop:
         return None
-    return fell_from_best(h, "win_rate", "win_se", lim.win_drop)
+    return fell_from_best(h, "win_rate", lim.win_drop)
 
 
 def rule_agreement(h: list[dict], lim: Limits) -> str | None:
     if not lim.agreement_drop:
         return None
-    return fell_from_best(h, "agreement", "agreement_se", 1.0, lim.agreement_drop)
+    return fell_from_best(h, "agreement", 2.0, lim.agreement_drop)
 
 
 def rule_length(h: list[dict], lim: Limits) -> str | None:
@@ -220,6 +233,20 @@ def choose_shipped(history: list[dict]) -> int:
         return ok[-1]["step"]
     scored = [h for h in ok if h is history[0] or h["labels"]]
     return max(scored, key=lambda h: (h["win_rate"], -h["step"]))["step"]
+
+
+def replay(evals: list[dict], limits: Limits) -> tuple[int | None, str, int]:
+    """The decisions the guard would have made with other limits, from guard.json's `evals` of an
+    observe run (its evidence at every eval does not depend on the rules): -> (stop step or None,
+    reason, shipped step). Exact, because each decision reads only the evals up to it."""
+    seen: list[dict] = []
+    for e in evals:
+        seen.append({**e, "fired": []})
+        fired = {name: r for name, fn in STOP_RULES.items() if (r := fn(seen, limits))}
+        seen[-1]["fired"] = sorted(fired)
+        if fired:
+            return e["step"], "; ".join(f"{k}: {v}" for k, v in fired.items()), choose_shipped(seen)
+    return None, "no stop rule fired", choose_shipped(seen)
 
 
 # ----------------------------------------------------------------------------- the guard
