@@ -55,7 +55,8 @@ SHIPPED_CRITERION = ("the eval step with the highest spot-check win rate over th
 class GuardKeys:
     """The guard's config keys; RLConfig inherits them (ppo, grpo, rloo)."""
     guard: str = key("", "over-optimisation guard: on | observe | off (empty: on when the reward is rm:..., else off)")
-    guard_kl_budget: float = key(25.0, "stop when the KL to the reference (nats per sequence) exceeds this (0: no budget)")
+    guard_kl_budget: float = key(25.0, "stop when the KL to the reference (nats per sequence) exceeds this "
+                                       "(0: no budget)")
     guard_disagreement_rise: float = key(2.0, "stop when the ensemble's std on the policy's samples exceeds this "
                                               "multiple of its value on the starting policy's (0: off)")
     guard_spot_checks: int = key(16, "fresh comparisons of the policy vs the starting policy per eval (0: none)")
@@ -63,7 +64,8 @@ class GuardKeys:
     guard_win_drop: float = key(2.0, "stop when the spot-check win rate falls from its best by more than this many "
                                      "pooled standard errors of the difference (0: off)")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on spot checks "
-                                            "falls this far below its best, and by more than 2 standard errors (0: off)")
+                                            "falls this far below its best, and by more than 2 standard errors "
+                                            "(0: off)")
     # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
     # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
     guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
@@ -76,7 +78,8 @@ class GuardKeys:
                                                  "pairs, as people do)")
     guard_wait_s: float = key(0.0, "with people (no guard_labeler): how long an eval waits for them to answer its spot "
                                    "checks, then goes on with what it has (0: no spot checks without a guard_labeler)")
-    guard_db: str = key("", "feedback store for the spot checks: a URL, an SQLite file or a run dir (empty: OUT/feedback.db)")
+    guard_db: str = key("", "feedback store for the spot checks: a URL, an SQLite file or a run dir "
+                            "(empty: OUT/feedback.db)")
 
 
 def guard_mode(mode: str, reward: str) -> str:
@@ -176,7 +179,8 @@ def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0
     best = max(seen[:-1], key=lambda h: h[key_])
     drop, limit = best[key_] - now[key_], max(z * pooled_se(best[key_], n(best), now[key_], n(now)), min_drop)
     if drop > limit:
-        return f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: a drop of {drop:.3f} > {limit:.3f}"
+        return (f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: "
+                f"a drop of {drop:.3f} > {limit:.3f}")
     return None
 
 
@@ -184,7 +188,9 @@ def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0
 
 def rule_kl_budget(h: list[dict], lim: Limits) -> str | None:
     kl = h[-1]["kl"]
-    return f"KL to the reference {kl:.2f} > budget {lim.kl_budget:g} nats" if lim.kl_budget and kl > lim.kl_budget else None
+    if not lim.kl_budget or kl <= lim.kl_budget:
+        return None
+    return f"KL to the reference {kl:.2f} > budget {lim.kl_budget:g} nats"
 
 
 def rule_disagreement(h: list[dict], lim: Limits) -> str | None:
@@ -293,7 +299,8 @@ class Guard:
         agree, agree_se = rate_with_noise(agreement_outcomes(margins, labels))
         length = mean([len(words(t)) for t in texts])
         rec = {
-            "step": step, "proxy": mean([s["reward"] for s in seen]), "kl": float(step_metrics.get("policy/kl_ref", 0.0)),
+            "step": step, "proxy": mean([s["reward"] for s in seen]),
+            "kl": float(step_metrics.get("policy/kl_ref", 0.0)),
             "length": length, "length_ratio": length / self.start["length"],
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
             "repetition": mean([repetition_rate(t) for t in texts]),
