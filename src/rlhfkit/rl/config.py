@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from rlhfkit.config import key
 from rlhfkit.files import UserError
+from rlhfkit.guard import GuardKeys
 from rlhfkit.rewards.verifiers import DEFAULT_FORMAT_REGEX
 
 
 @dataclass
-class RLConfig:
-    """Keys common to ppo, grpo and rloo (each stage adds its own and may change defaults)."""
+class _RLKeys:
     out: str = key("runs/demo/rl", "output directory (an HF model dir; checkpoints, metrics.jsonl)")
     model: str = key("runs/demo/sft", "policy init: model dir, .gguf file or hub id")
     ref_model: str = key("", "reference for the KL (default: `model`; with lora, the base with adapters off)")
@@ -61,6 +61,12 @@ class RLConfig:
     lora_alpha: int = key(32, "LoRA alpha")
     lora_dropout: float = key(0.0, "LoRA dropout (non-zero breaks exact resume)")
     threads: int = key(0, "CPU threads per process (0: 1 or all cores, whichever a start-up probe finds faster)")
+
+
+@dataclass
+class RLConfig(GuardKeys, _RLKeys):
+    """Keys common to ppo, grpo and rloo (each stage adds its own and may change defaults), then the
+    guard's (rlhfkit.guard.GuardKeys: guard, guard_kl_budget, ...)."""
 
 
 def check_sizes(cfg: RLConfig, world: int) -> int:

@@ -10,7 +10,8 @@ checkpoint. Nothing about a step depends on state other than the weights, AdamW'
 the KL coefficient (and the guard's state), so checkpoints resume bitwise (CPU) and N
 processes compute what 1 does.
 
-The guard (optional) is built once the policy exists, by the stage's factory
+The guard is built once the policy exists, by the stage's factory (None: the one the config's
+guard keys make, `rlhfkit.guard.make_guard`; on by default when the reward is rm:)
     guard = make_guard(policy=policy, tokenizer=tokenizer, is_main=rank == 0)   (None: no guard)
 (so that it can save the policy it would ship), and called at every eval, step 0 (the
 starting policy) included:
@@ -36,6 +37,7 @@ from rlhfkit import distributed
 from rlhfkit.advantages import KL_CONTROLLERS
 from rlhfkit.config import save_config
 from rlhfkit.files import UserError
+from rlhfkit.guard import make_guard as guard_from_keys
 from rlhfkit.losses import KL_ESTIMATORS
 from rlhfkit.rewards.spec import resolve_gold, resolve_reward
 from rlhfkit.rl.config import RLConfig, RolloutSpec, UpdateSpec, check_sizes
@@ -85,6 +87,10 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
     records = load_prompts(cfg.prompts, tokenizer, reward, cfg.max_prompt_len)
     eval_records = (load_prompts(cfg.eval_prompts, tokenizer, reward, cfg.max_prompt_len, cfg.eval_max_prompts)
                     if cfg.eval_prompts else [])
+    if make_guard is None and (eval_records or cfg.guard):
+        # the config's guard: on by default with a learned reward (rm:), off with a verifier; it
+        # writes OUT/guard.json and OUT/best/ and asks its spot checks through a feedback store
+        make_guard = partial(guard_from_keys, cfg, cfg.reward, out, cfg.seed)
     guard = make_guard(policy=policy, tokenizer=tokenizer, is_main=rank == 0) if make_guard is not None else None
     if guard is not None and not eval_records:
         raise UserError("the guard watches the evals: set `eval_prompts`")

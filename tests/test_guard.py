@@ -1,0 +1,320 @@
+"""The over-optimisation guard: its signals by hand, each stop rule firing and not, the shipped
+checkpoint, spot checks answered through a real feedback store (a simulated person, and a
+person in another thread), observe mode, resume, and that a gold score in the samples is never read."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+
+from rlhfkit.feedback.store import FeedbackStore
+from rlhfkit.files import UserError
+from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
+                           guard_mode, make_guard, rate_with_noise, repetition_rate, replay, simulated_responder)
+
+QUALITY = "test_guard:quality"
+
+
+def quality(prompt: str, response: str) -> float:
+    """The test's person: responses read 'quality N ...'."""
+    return float(response.split()[1])
+
+
+def test_signals_by_hand():
+    # words a b a b c: 3 distinct of 5 unigrams; bigrams ab ba (text 1) and bc (text 2): 3 of 3
+    assert distinct_n(["a b a", "b c"], 1) == pytest.approx(3 / 5)
+    assert distinct_n(["a b a", "b c"], 2) == 1.0
+    assert distinct_n([""], 2) == 0.0
+    # "the the the the": trigrams ttt ttt -> 1 repeat of 2; "a b c a b c": abc bca cab abc -> 1 of 4
+    assert repetition_rate("the the the the") == 0.5
+    assert repetition_rate("A b c a b c") == 0.25 and repetition_rate("why did the owl") == 0.0
+    # outcomes 1 1 0 0.5: mean 0.625; p~ = 3.5 / 6, se = sqrt(p~ (1 - p~) / 6) = 0.20127
+    p, se = rate_with_noise([1, 1, 0, 0.5])
+    assert p == 0.625 and se == pytest.approx(math.sqrt(3.5 / 6 * 2.5 / 6 / 6))
+    assert rate_with_noise([1.0] * 16)[1] == pytest.approx(math.sqrt(17 / 18 * 1 / 18 / 18))  # 0.054, not 0
+    assert rate_with_noise([]) == (None, None)
+    # the RM's margin agrees with the label / disagrees / ties on either side
+    assert agreement_outcomes([1.0, -2.0, 0.0, 0.5], [1.0, 1.0, 0.0, 0.5]) == [1.0, 0.0, 0.5, 0.5]
+
+
+def _h(step=0, **kw):
+    base = {"step": step, "kl": 0.0, "length_ratio": 1.0, "repetition": 0.05, "ensemble_std_rel": None,
+            "win_rate": 0.5, "win_se": 0.0, "agreement": None, "agreement_se": None, "labels": 0, "fired": []}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("rule,history,limits,fires", [
+    ("kl_budget", [_h(kl=30.0)], Limits(kl_budget=25), True),
+    ("kl_budget", [_h(kl=20.0)], Limits(kl_budget=25), False),
+    ("kl_budget", [_h(kl=30.0)], Limits(kl_budget=0), False),  # 0: no budget
+    ("disagreement", [_h(ensemble_std_rel=2.5)], Limits(disagreement_rise=2), True),
+    ("disagreement", [_h(ensemble_std_rel=1.5)], Limits(disagreement_rise=2), False),
+    ("disagreement", [_h()], Limits(disagreement_rise=2), False),  # one reward model: no signal
+    # best 0.8 -> 0.5, 20 labels each: pooled p 0.65, se sqrt(0.65 x 0.35 x (1/20 + 1/20)) = 0.151;
+    # drop 0.3 > 1 x 0.151 fires, < 3 x 0.151 = 0.452 does not; 0.8 -> 0.7: 0.1 < 0.151
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=1), True),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=3), False),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.7, labels=20)], Limits(win_drop=1), False),
+    # against the start's exact 0.5: se sqrt(0.25 / 12) = 0.144; 0.25 < 2 x 0.144 = 0.289 does not fire, z = 1 does
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=2), False),
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
+    # agreement 0.9 -> 0.6 (20 each): pooled se 0.137, limit max(2 x 0.137, 0.25) = 0.274 < 0.3 fires; -> 0.7 does not
+    ("agreement", [_h(0), _h(10, agreement=0.9, labels=20), _h(20, agreement=0.6, labels=20)],
+     Limits(agreement_drop=0.25), True),
+    ("agreement", [_h(0), _h(10, agreement=0.9, labels=20), _h(20, agreement=0.7, labels=20)],
+     Limits(agreement_drop=0.25), False),
+    ("length", [_h(length_ratio=0.4)], Limits(length_ratio=2), True),
+    ("length", [_h(length_ratio=2.5)], Limits(length_ratio=2), True),
+    ("length", [_h(length_ratio=1.5)], Limits(length_ratio=2), False),
+    ("repetition", [_h(0), _h(10, repetition=0.35)], Limits(repetition_rise=0.25), True),  # rise 0.30
+    ("repetition", [_h(0), _h(10, repetition=0.25)], Limits(repetition_rise=0.25), False),  # rise 0.20
+])
+def test_stop_rules(rule, history, limits, fires):
+    reason = STOP_RULES[rule](history, limits)
+    assert (reason is not None) == fires, reason
+    if fires:
+        assert isinstance(reason, str) and reason
+
+
+def test_choose_shipped_by_hand():
+    h = [_h(0), _h(10, win_rate=0.7, labels=8), _h(20, win_rate=0.9, labels=8, fired=["kl_budget"]),
+         _h(30, win_rate=0.7, labels=8)]
+    assert choose_shipped(h) == 10  # 20 fired; 10 and 30 tie at 0.7: the earlier
+    assert choose_shipped([_h(0), _h(10, win_rate=0.4, labels=8)]) == 0  # the start beats a losing policy
+    assert choose_shipped([_h(0), _h(10), _h(20, fired=["length"])]) == 10  # no labels: the last step before
+
+
+def test_replay_with_other_limits():
+    # win rates 0.5 (exact) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start:
+    # z = 1 stops at the first dip (0.25 > sqrt(0.25 / 12) = 0.144) and ships the start
+    ev = [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.75, labels=12), _h(15, win_rate=0.25, labels=12)]
+    assert replay(ev, Limits(win_drop=1))[::2] == (5, 0)
+    # z = 2: step 5's 0.25 < 0.289; step 15's 0.5 > 2 x sqrt(0.25 x 2 / 12) = 0.408: stop there, ship 10
+    stop, reason, shipped = replay(ev, Limits(win_drop=2))
+    assert (stop, shipped) == (15, 10) and reason.startswith("win_rate")
+    assert replay(ev, Limits(win_drop=0)) == (None, "no stop rule fired", 10)
+
+
+def test_mode_defaults_on_for_a_learned_reward():
+    assert guard_mode("", "rm:runs/x/rm") == "on" and guard_mode("", "format+rm:x") == "on"
+    assert guard_mode("", "math") == "off" and guard_mode("observe", "math") == "observe"
+    with pytest.raises(UserError, match="expected one of on, observe, off"):
+        guard_mode("maybe", "math")
+    assert make_guard(GuardKeys(), "math", "x", 0) is None
+
+
+# ---------------------------------------------------------------- the Guard through a real store
+
+PROMPTS = [f"Tell me a joke about animal {i}." for i in range(6)]
+RECORDS = [{"prompt": p, "messages": [{"role": "user", "content": p}]} for p in PROMPTS]
+# (step, quality of the policy's response, proxy reward): the person's score rises then falls,
+# the proxy keeps rising: over-optimisation at step 30
+RUN = [(0, 5, 0.0), (10, 7, 1.0), (20, 8, 2.0), (30, 2, 3.0), (40, 9, 4.0)]
+
+
+def _samples(step, q, reward, gold=None):
+    return [{"step": step, "prompt": p, "response": f"quality {q} joke {i} about it",
+             "reward": reward + 0.01 * i, **({"gold": gold} if gold is not None else {})}
+            for i, p in enumerate(PROMPTS)]
+
+
+def _guard(tmp_path, mode="on", respond=True, **kw):
+    saved = []
+
+    def save_best(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "step.txt").write_text(str(current[0]))
+        saved.append(current[0])
+    current = [0]
+    g = Guard(mode, tmp_path / "out", Limits(length_ratio=2.0, repetition_rise=0.25), spot_checks=4,
+              respond=simulated_responder(QUALITY, 0.0, seed=0) if respond else None, save_best=save_best, **kw)
+    return g, current, saved
+
+
+def _drive(g, current, run=RUN, gold=None):
+    stops = []
+    for step, q, reward in run:
+        current[0] = step
+        metrics, stop = g.on_eval(step, RECORDS, _samples(step, q, reward, gold), {"policy/kl_ref": step / 10})
+        stops.append(stop)
+        if stop:
+            break
+    return stops, metrics
+
+
+def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
+    g, current, saved = _guard(tmp_path)
+    stops, metrics = _drive(g, current)
+    assert stops == [False, False, False, True]  # stopped at step 30, step 40 never ran
+    gj = json.loads((tmp_path / "out" / "guard.json").read_text())
+    # a noiseless person prefers quality 7 and 8 over the start's 5 every time (win rate 1), and 2 never:
+    # the win rate falls 1 -> 0 and the RM (always preferring the policy) falls from agreeing 1 -> 0
+    assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0]
+    assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0]
+    assert gj["stop_step"] == 30 and "win_rate" in gj["reason"] and "agreement" in gj["reason"]
+    assert gj["shipped_step"] == 10 and saved == [0, 10]  # 10 and 20 tie: the earlier
+    assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"
+    assert gj["labels_used"] == 12 and metrics["guard/labels_used"] == 12.0  # 4 per eval after step 0
+    assert metrics["guard/stop"] == 1.0 and metrics["guard/shipped_step"] == 10.0 and gj["criterion"]
+    # the exploits: step 30's responses lost every spot check while the RM preferred them by 3.0
+    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(30, 3.0)] * 4
+    assert gj["exploits"][0]["response"].startswith("quality 2") and gj["exploits"][0]["start_response"].startswith("quality 5")
+    with FeedbackStore.for_run(tmp_path / "out") as store:
+        rows = store.rankings()
+    assert len(rows) == 12 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
+    assert {m for r in rows for m in r["models"]} == {"step-0", "step-10", "step-20", "step-30"}
+
+
+def test_observe_runs_on_and_keeps_what_it_would_have_shipped(tmp_path):
+    g, current, saved = _guard(tmp_path, mode="observe")
+    stops, _ = _drive(g, current)
+    assert stops == [False] * 5  # ran to the end
+    gj = json.loads((tmp_path / "out" / "guard.json").read_text())
+    assert gj["stop_step"] == 30 and gj["shipped_step"] == 10 and gj["mode"] == "observe"
+    # step 40 wins every spot check, but came after the would-be stop: best/ stays step 10's
+    assert gj["evals"][-1]["win_rate"] == 1.0 and saved == [0, 10]
+    assert gj["labels_used"] == 12 and gj["labels_total"] == 16
+
+
+def test_gold_in_the_samples_changes_nothing(tmp_path):
+    outs = []
+    for i, gold in enumerate([None, 0.1, 99.0]):
+        g, current, _ = _guard(tmp_path / str(i))
+        _drive(g, current, gold=gold)
+        outs.append(json.loads((tmp_path / str(i) / "out" / "guard.json").read_text()))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_resume_from_state_dict_continues_exactly(tmp_path):
+    g, current, _ = _guard(tmp_path / "a", mode="observe")
+    _drive(g, current)
+    straight = json.loads((tmp_path / "a" / "out" / "guard.json").read_text())
+
+    g, current, _ = _guard(tmp_path / "b", mode="observe")
+    _drive(g, current, run=RUN[:2])
+    state = json.loads(json.dumps(g.state_dict()))  # JSON-able, as the checkpoint stores it
+    g2, current2, _ = _guard(tmp_path / "b", mode="observe")
+    g2.load_state_dict(state)
+    _drive(g2, current2, run=RUN[2:])
+    assert json.loads((tmp_path / "b" / "out" / "guard.json").read_text()) == straight
+
+
+def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):
+    # no labeler and no wait: no one is asked, nothing is written to the store
+    g, current, _ = _guard(tmp_path / "nobody", respond=False)
+    _drive(g, current, run=RUN[:2])
+    assert g.history[-1]["labels"] == 0 and not (tmp_path / "nobody" / "out" / "feedback.db").exists()
+
+    # no one ranks: the eval waits wait_s, then goes on with no labels
+    g, current, _ = _guard(tmp_path / "alone", respond=False, wait_s=0.3, poll_s=0.05)
+    t = time.monotonic()
+    _drive(g, current, run=RUN[:2])
+    assert time.monotonic() - t >= 0.3 and g.history[-1]["labels"] == 0 and g.history[-1]["win_rate"] is None
+
+    # a person (another thread, as the web app would) ranks the tasks as they appear
+    out = tmp_path / "person" / "out"
+    done = threading.Event()
+
+    def person():
+        with FeedbackStore.for_run(out) as store:
+            me = store.annotator("alice")
+            while not done.is_set():
+                for task_id in store.open_tasks(me["id"], "arena"):
+                    task = store.task(task_id)
+                    order = sorted(task["responses"], key=lambda r: -quality("", r["text"]))
+                    store.submit_ranking(task_id, me["id"], [r["id"] for r in order], source="human")
+                time.sleep(0.02)
+    FeedbackStore.for_run(out).close()  # create the schema before the person connects
+    th = threading.Thread(target=person)
+    th.start()
+    try:
+        g, current, _ = _guard(tmp_path / "person", respond=False, wait_s=20, poll_s=0.05)
+        _drive(g, current, run=RUN[:2])
+    finally:
+        done.set()
+        th.join()
+    assert g.history[-1]["labels"] == 4 and g.history[-1]["win_rate"] == 1.0
+
+
+# ---------------------------------------------------------------- end to end: PPO with the guard
+
+def letters(prompt: str, response: str) -> float:
+    """The e2e test's simulated person: a tiny model's text scores by its share of 'a's."""
+    return response.count("a") / max(1, len(response))
+
+
+def fewer_letters(prompt: str, response: str) -> float:
+    return -letters(prompt, response)
+
+
+@pytest.fixture(scope="module")
+def guard_data(tmp_path_factory, tiny_base):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("guard")
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + {i + 3}?"}) + "\n" for i in range(16)))
+    (d / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me about {i} cats."}) + "\n" for i in range(8)))
+    # a reward model: the tiny base with a random scalar head, as in tests/test_rl.py
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rm.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rm.save_pretrained(d / "rm")
+    tok.save_pretrained(d / "rm")
+    return d
+
+
+def _ppo(tiny_base, d, out, *extra):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import ppo
+
+    # eval samples at temperature 1 (their stream is seeded per step), so the policy's responses
+    # differ from the start's and the spot checks have pairs to ask about
+    keys = [f"model={tiny_base}", f"prompts={d / 'prompts.jsonl'}", f"eval_prompts={d / 'eval.jsonl'}",
+            f"out={out}", "max_steps=2", "eval_every=1", "eval_temperature=1.0", "prompts_per_step=4",
+            "group_size=2", "max_new_tokens=8", "micro_batch_size=4", "ppo_epochs=1", "learning_rate=3e-3",
+            f"reward=rm:{d / 'rm'}", "guard=observe", "guard_spot_checks=4", "guard_labeler=test_guard:letters",
+            *extra]
+    ppo.run(load_config(ppo.Config, sets=keys))
+    return json.loads((out / "guard.json").read_text())
+
+
+def test_ppo_with_the_guard_writes_guard_json_and_best_and_ignores_gold(tiny_base, guard_data, tmp_path):
+    from conftest import metrics
+
+    with_gold = _ppo(tiny_base, guard_data, tmp_path / "a", "gold=test_guard:letters")
+    samples = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    steps = sorted({s["step"] for s in samples})
+    assert steps == [0, 1, 2] and all("gold" in s for s in samples)
+    assert with_gold["shipped_step"] in steps and with_gold["mode"] == "observe"
+    assert (tmp_path / "a" / "best" / "config.json").is_file() and (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    assert [e["step"] for e in with_gold["evals"]] == steps and with_gold["labels_used"] > 0
+    with FeedbackStore.for_run(tmp_path / "a") as store:
+        rows = store.rankings()
+    assert len(rows) == with_gold["labels_total"] and {r["annotator"] for r in rows} == {"guard-sim"}
+    m = metrics(tmp_path / "a" / "metrics.jsonl")
+    assert {"guard/win_rate", "guard/kl", "guard/distinct_2", "guard/labels_used"} <= set(m[-1])
+
+    # the gold key removed, or another gold: every guard decision and guard.json the same
+    assert _ppo(tiny_base, guard_data, tmp_path / "b") == with_gold
+    assert _ppo(tiny_base, guard_data, tmp_path / "c", "gold=test_guard:fewer_letters") == with_gold
+    guard_metrics = [{k: v for k, v in r.items() if k.startswith("guard/")} for r in metrics(tmp_path / "a" / "metrics.jsonl")]
+    assert guard_metrics == [{k: v for k, v in r.items() if k.startswith("guard/")}
+                             for r in metrics(tmp_path / "b" / "metrics.jsonl")]
+
+
+def test_guard_on_stops_the_run(tiny_base, guard_data, tmp_path):
+    # a KL budget no policy can keep: the first eval whose rollout KL is above 0 (step 1's rollout
+    # still comes from the starting policy) stops the run there, and the steps after it never run
+    from conftest import metrics
+
+    gj = _ppo(tiny_base, guard_data, tmp_path / "on", "guard=on", "guard_kl_budget=1e-9", "max_steps=6",
+              "guard_win_drop=0", "guard_agreement_drop=0")  # only the KL rule
+    m = metrics(tmp_path / "on" / "metrics.jsonl")
+    first_over = next(r["step"] for r in m if r.get("policy/kl_ref", 0.0) > 1e-9)
+    assert gj["stop_step"] == first_over < 6 and "kl_budget" in gj["reason"]
+    assert [r["step"] for r in m] == list(range(first_over + 1))
+    assert gj["shipped_step"] < first_over and (tmp_path / "on" / "best" / "config.json").is_file()
