@@ -178,6 +178,12 @@ def _plan(steps: dict, env: dict, state: dict, force: list[str], human: bool) ->
     return runs
 
 
+def expected_seconds(names: list[str], state: dict, eta: dict[str, float], default: float = 10.0) -> list[float]:
+    """Each step's time in the previous run (the state's time_s), else the recipe's eta_s, else `default`."""
+    return [float(state[n]["time_s"]) if isinstance(state.get(n), dict) and "time_s" in state[n]
+            else eta.get(n, default) for n in names]
+
+
 def _clock(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -219,7 +225,7 @@ class LiveView:
     def table(self) -> str:
         total = time.perf_counter() - self.t0
         w = max(len(n) for n in self.names) + 2
-        rows = [f"  {n:<{w}}" + (f"{self.times[n]:8.1f} s" if n in self.times else "  skipped") for n in self.names]
+        rows = [f"  {n:<{w}}" + (f"{self.times[n]:8.1f} s" if n in self.times else f"{'skipped':>10}") for n in self.names]
         return f"\nrecipe done in {_clock(total)} ({total:.0f} s); wall time per step:\n" + "\n".join(rows)
 
 
@@ -252,9 +258,9 @@ def wait_for_people(store_dir: str, port: int, poll_s: float = 1.0, say_every_s:
             raise UserError(f"{store_dir}: no ranking tasks to rank (the step before fills them)")
         server = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", store_dir, "--port", str(port)])
         try:
-            print(f"\nrank the jokes yourself: open http://127.0.0.1:{port}/ and sign in with the token\n"
-                  f"  token: {token}\n  ({total} tasks, {done} ranked; the demo goes on when all are ranked; "
-                  f"Ctrl-C stops here and `rlhfkit demo --human` resumes)", flush=True)
+            print(f"\nrank the jokes yourself: open http://127.0.0.1:{port}/ and sign in with the token below\n"
+                  f"  ({total} tasks, {done} ranked; the run goes on when all are ranked; Ctrl-C stops here and "
+                  f"the same command with --human resumes)\n  token: {token}", flush=True)
             said, last = time.monotonic(), done
             while done < total:
                 if server.poll() is not None:
@@ -292,9 +298,7 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     print(f"recipe {path.name} -> {run}" + (f": {description}" if description else ""))
     names = list(steps)
-    expected = [float(state[n]["time_s"]) if isinstance(state.get(n), dict) and "time_s" in state[n]
-                else eta.get(n, 10.0) for n in names]
-    view = LiveView(names, _plan(steps, env, state, force, human), expected)
+    view = LiveView(names, _plan(steps, env, state, force, human), expected_seconds(names, state, eta))
     # `prev` is the stamp of the last step that produces outputs: a fresh random stamp each
     # time that step runs, so every step after a re-run step re-runs too (even under --force)
     prev = ""
