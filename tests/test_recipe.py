@@ -223,15 +223,49 @@ def test_a_killed_run_continues_from_the_step_it_was_in(tmp_path):
     assert "recipe done" in r.stdout
 
 
-def test_human_ranks_through_the_page_while_the_recipe_waits(tmp_path):
-    import json
+def _start_human(p, port):
+    """`rlhfkit run P --human`: -> (process, token, what it printed up to the token)."""
     import os
-    import socket
     import subprocess
     import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "run", str(p), "--human", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    seen = []
+    for line in proc.stdout:  # the person reads the address and the token off the screen
+        seen.append(line)
+        if line.strip().startswith("token: "):
+            return proc, line.split()[1], "".join(seen)
+    raise AssertionError("no token printed:\n" + "".join(seen)[-2000:])
+
+
+def _person(port, token):
+    """What the ranking page does for a person: next task, submit an order."""
+    import json
     import time
     import urllib.error
     import urllib.request
+
+    def call(method, path, body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+
+    deadline = time.monotonic() + 60
+    while True:  # the page takes a moment to start
+        try:
+            return call, call("GET", "/api/tasks/next")
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+
+
+def test_human_ranks_through_the_page_while_the_recipe_waits(tmp_path):
+    import signal
+    import socket
 
     from rlhfkit.feedback.store import FeedbackStore
 
@@ -239,49 +273,39 @@ def test_human_ranks_through_the_page_while_the_recipe_waits(tmp_path):
         for i in range(3):
             pid = store.add_prompt(f"Tell me a joke {i}.")
             store.create_task(pid, [store.add_response(pid, f"joke {i}.{j}") for j in range(3)])
-    p = tmp_path / "h.toml"
-    p.write_text(RLHF.format(run_dir=tmp_path / "run", vocab=300))
+    p = tmp_path / "h.toml"  # the ranking step, then a step that needs its result
+    p.write_text(f'[recipe]\nrun = "{tmp_path / "run"}"\n' + RLHF[RLHF.index("[rank]"):].replace("{{", "{").replace("}}", "}")
+                 .replace('after = "world"\n', "").replace('files = ["{run}/world/corpus.txt"]', 'files = ["{run}/c.txt"]'))
+    (tmp_path / "run" / "c.txt").write_text("a pelican walks into a bar " * 40)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "run", str(p), "--human", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=open(tmp_path / "err.txt", "w"), text=True, env=env)
+    procs = []
     try:
-        seen = []
-        for line in proc.stdout:  # the person reads the address and the token off the screen
-            seen.append(line)
-            if line.strip().startswith("token: "):
-                token = line.split()[1]
-                break
-        assert any(f"http://127.0.0.1:{port}/" in x for x in seen) and "3 tasks, 0 ranked" in "".join(seen)
+        proc, token, seen = _start_human(p, port)
+        procs.append(proc)
+        assert f"open http://127.0.0.1:{port}/" in seen and "(3 tasks, 0 ranked;" in seen
+        call, (status, task) = _person(port, token)
+        call("POST", f"/api/tasks/{task['task_id']}/ranking", {"order": [r["id"] for r in task["responses"]][::-1]})
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while waiting: the page stops, the ranking stays
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
 
-        def call(method, path, body=None):
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, (json.loads(r.read() or b"null"))
-
-        deadline = time.monotonic() + 60
-        while True:  # the page takes a moment to start
-            try:
-                status, task = call("GET", "/api/tasks/next")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.3)
+        proc, token2, seen = _start_human(p, port)  # the same command resumes, as the same person
+        procs.append(proc)
+        assert token2 == token and "(3 tasks, 1 ranked;" in seen and "[step 1/2, 1 of 2 to run]" in seen
+        call, (status, task) = _person(port, token)
         ranked = 0
         while status == 200:
-            ids = [r["id"] for r in task["responses"]]
-            call("POST", f"/api/tasks/{task['task_id']}/ranking", {"order": ids[::-1]})
+            call("POST", f"/api/tasks/{task['task_id']}/ranking", {"order": [r["id"] for r in task["responses"]]})
             ranked += 1
             status, task = call("GET", "/api/tasks/next")
-        assert status == 204 and ranked == 3
+        assert status == 204 and ranked == 2
         rest, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, (tmp_path / "err.txt").read_text()[-2000:]
+        assert proc.returncode == 0, rest[-2000:]
     finally:
-        proc.kill() if proc.poll() is None else None
+        for pr in procs:
+            pr.kill() if pr.poll() is None else None
     assert "ranked 3/3" in rest and "== tok2 (tokenizer)" in rest and "recipe done" in rest
     with FeedbackStore.for_run(tmp_path / "run" / "fb") as store:
         rankings = store.rankings()

@@ -152,14 +152,14 @@ def _fingerprint(name: str, raw: dict, table: dict, env: dict, follows: Any, hum
     stamps = [s for k, v in table.items() if k != "clean" for s in _file_stamps(v)]
     if "{labeler}" in json.dumps(raw):
         stamps += _module_stamp(env["labeler"])
-    what = [follows, name, table, stamps] + (["human"] if human and _human_store(table) else [])
+    what = [follows, name, table, stamps] + (["human"] if human and _human_store(name, table) else [])
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _human_store(table: dict) -> str | None:
+def _human_store(name: str, table: dict) -> str | None:
     """The store a `feedback simulate STORE` step ranks: under --human a person ranks it instead."""
     args = table.get("args", [])
-    if table.get("stage") == "feedback" and len(args) >= 2 and args[0] == "simulate":
+    if table.get("stage", name) == "feedback" and len(args) >= 2 and args[0] == "simulate":
         return str(args[1])
     return None
 
@@ -185,7 +185,7 @@ def expected_seconds(names: list[str], state: dict, eta: dict[str, float], defau
 
 
 def _clock(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
@@ -322,8 +322,8 @@ def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None
                 shutil.rmtree(path_, ignore_errors=True) if Path(path_).is_dir() else Path(path_).unlink(missing_ok=True)
         print(view.start(i, stage), flush=True)
         t = time.perf_counter()
-        if human and _human_store(table):
-            wait_for_people(_human_store(table), port)
+        if human and _human_store(name, table):
+            wait_for_people(_human_store(name, table), port)
         else:
             _run_step(path, name, stage, table, keys, COMMANDS)
         seconds = time.perf_counter() - t
