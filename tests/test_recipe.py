@@ -142,7 +142,8 @@ def test_live_view_estimates_from_the_plan_and_the_pace():
     assert exp == [10.0, 5.0, 20.0]  # last run's time, else eta_s
     v = LiveView(["a", "b", "c"], [True, False, True], exp)
     line = v.start(0, "world")
-    assert line.startswith("\n== a (world)  [step 1/3, 1 of 2 to run]  elapsed 0:00, about 0:30 to go")  # 10 + 20, b skipped
+    # 10 + 20 s to go: b will be skipped
+    assert line.startswith("\n== a (world)  [step 1/3, 1 of 2 to run]  elapsed 0:00, about 0:30 to go")
     v.finish(0, 40.0)  # 4x slower than expected: pace (40 + 30) / (10 + 30) = 1.75, shrunk by PRIOR_S = 30
     assert v.rest(2) == 1.75 * 20
     assert v.start(2, "sample").endswith("[step 3/3, 2 of 2 to run]  elapsed 0:00, about 0:35 to go")
@@ -274,8 +275,9 @@ def test_human_ranks_through_the_page_while_the_recipe_waits(tmp_path):
             pid = store.add_prompt(f"Tell me a joke {i}.")
             store.create_task(pid, [store.add_response(pid, f"joke {i}.{j}") for j in range(3)])
     p = tmp_path / "h.toml"  # the ranking step, then a step that needs its result
-    p.write_text(f'[recipe]\nrun = "{tmp_path / "run"}"\n' + RLHF[RLHF.index("[rank]"):].replace("{{", "{").replace("}}", "}")
-                 .replace('after = "world"\n', "").replace('files = ["{run}/world/corpus.txt"]', 'files = ["{run}/c.txt"]'))
+    steps = RLHF[RLHF.index("[rank]"):].replace("{{", "{").replace("}}", "}").replace('after = "world"\n', "")
+    p.write_text(f'[recipe]\nrun = "{tmp_path / "run"}"\n'
+                 + steps.replace('files = ["{run}/world/corpus.txt"]', 'files = ["{run}/c.txt"]'))
     (tmp_path / "run" / "c.txt").write_text("a pelican walks into a bar " * 40)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,9 +20,9 @@ file order:
     always = true           # run even when unchanged (printing steps)
 
 A step is skipped when its fingerprint — its own table, the stamp of the step it follows (the
-one before it, or the one(s) its `after` names: a step or a list of steps), the size and mtime of every existing file its
-strings name, and for a step that uses `{labeler}` the labeler module's source file — equals the
-one recorded in `{run}/recipe-state.json` when it last finished. Each time a step runs it gets a
+one before it, or those its `after` names: a step or a list), the size and mtime of every
+existing file its strings name, and for a step that uses `{labeler}` the labeler module's source
+file — equals the one recorded in `{run}/recipe-state.json` when it last finished. Each time a step runs it gets a
 new stamp, so editing a step (or `--force STEP`) re-runs it and the steps that follow it, and
 nothing before it. `inputs = [...]` lists what a step depends on without taking it as a key
 (the demo's sampling step lists `{labeler}`: a new labeler re-ranks from an empty store).
@@ -225,7 +225,8 @@ class LiveView:
     def table(self) -> str:
         total = time.perf_counter() - self.t0
         w = max(len(n) for n in self.names) + 2
-        rows = [f"  {n:<{w}}" + (f"{self.times[n]:8.1f} s" if n in self.times else f"{'skipped':>10}") for n in self.names]
+        rows = [f"  {n:<{w}}" + (f"{self.times[n]:8.1f} s" if n in self.times else f"{'skipped':>10}")
+                for n in self.names]
         return f"\nrecipe done in {_clock(total)} ({total:.0f} s); wall time per step:\n" + "\n".join(rows)
 
 
