@@ -160,3 +160,20 @@ def test_loop_config_errors_are_one_line(tmp_path):
         loop.load(None, [])
     cfg, tables = loop.load(None, ["prompts=p.jsonl", "ppo.max_steps=3", "rounds=4"])
     assert cfg.rounds == 4 and tables == {"reward": {}, "ppo": {"max_steps": 3}}
+
+
+def test_the_packaged_demo_loop_recipe_sets_only_loop_and_stage_keys():
+    from importlib.resources import files
+
+    from rlhfkit import loop
+    from rlhfkit.recipe import _substitute, load_recipe
+
+    path = Path(str(files("rlhfkit") / "recipes" / "demo_loop.toml"))
+    run, _, steps, env = load_recipe(path, "runs/x", [])
+    args = _substitute(steps["loop"]["args"], env)
+    assert args[::2] == ["--set"] * (len(args) // 2)
+    cfg, tables = loop.load(None, args[1::2])
+    rcfg, pcfg = loop.stage_configs(cfg, tables, 2, "runs/x/loop/round-1/ppo/best")  # as the stages validate them
+    assert (cfg.out, cfg.rounds, pcfg.model, pcfg.reward) == ("runs/x/loop", 2, "runs/x/loop/round-1/ppo/best",
+                                                              "rm:runs/x/loop/round-2/rm")
+    assert rcfg.data == "runs/x/loop" and rcfg.model == "runs/x/sft" and pcfg.guard == "observe"

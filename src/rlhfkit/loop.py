@@ -46,7 +46,7 @@ OWNED = {"reward": ("out", "data", "db"), "ppo": ("out", "model", "reward")}  # 
 
 
 @dataclass
-class Config:
+class LoopConfig:
     out: str = key("runs/loop", "the loop's directory: feedback.db, round-N/, loop.json")
     model: str = key("runs/demo/sft", "round 1's start policy (and the reward models' init unless reward.model)")
     prompts: str = key("", "prompts JSONL to rank; each round takes the next prompts_per_round of them")
@@ -65,7 +65,7 @@ class Config:
 
 # ------------------------------------------------------------------------------ config
 
-def load(path: str | None, sets: list[str]) -> tuple[Config, dict[str, dict]]:
+def load(path: str | None, sets: list[str]) -> tuple[LoopConfig, dict[str, dict]]:
     """The loop's keys and its [reward] / [ppo] tables, from a TOML file and --set items."""
     data: dict = {}
     if path:
@@ -88,13 +88,13 @@ def load(path: str | None, sets: list[str]) -> tuple[Config, dict[str, dict]]:
         taken = sorted(set(keys) & set(OWNED[t]))
         if taken:
             raise UserError(f"[{t}] {', '.join(taken)}: set by the loop for each round (leave them out)")
-    cfg = config_from_dict(Config, data, path or "loop config", flat_sets, stage="loop")
+    cfg = config_from_dict(LoopConfig, data, path or "loop config", flat_sets, stage="loop")
     if not cfg.prompts:
         raise UserError("loop: set `prompts` (a JSONL file of prompts to rank)")
     return cfg, tables
 
 
-def stage_configs(cfg: Config, tables: dict[str, dict], r: int, start: str) -> tuple:
+def stage_configs(cfg: LoopConfig, tables: dict[str, dict], r: int, start: str) -> tuple:
     """Round r's reward and PPO configs (validated as those stages validate their own)."""
     from rlhfkit.stages import ppo, reward
 
@@ -109,7 +109,7 @@ def stage_configs(cfg: Config, tables: dict[str, dict], r: int, start: str) -> t
 
 # ------------------------------------------------------------------------------ the steps of a round
 
-def prompt_slice(cfg: Config, r: int, out: Path) -> Path:
+def prompt_slice(cfg: LoopConfig, r: int, out: Path) -> Path:
     """Round r's prompts: the next prompts_per_round of `prompts`, wrapping around -> out/prompts.jsonl."""
     from rlhfkit.data import read_prompts
 
@@ -122,7 +122,7 @@ def prompt_slice(cfg: Config, r: int, out: Path) -> Path:
     return out / "prompts.jsonl"
 
 
-def sample(cfg: Config, r: int, start: str) -> int:
+def sample(cfg: LoopConfig, r: int, start: str) -> int:
     from rlhfkit.feedback.cli import FillConfig, fill
 
     rd = Path(cfg.out) / f"round-{r}" / "feedback"
@@ -133,7 +133,7 @@ def sample(cfg: Config, r: int, start: str) -> int:
     return fill(fc)
 
 
-def rank(cfg: Config, r: int) -> bool:
+def rank(cfg: LoopConfig, r: int) -> bool:
     """The labeler ranks every open task; -> False when people still have tasks to rank."""
     from rlhfkit.feedback.labelers import load_gold, simulate
     from rlhfkit.feedback.store import FeedbackStore
@@ -189,7 +189,7 @@ def table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------ the loop
 
-def run(cfg: Config, tables: dict[str, dict]) -> list[dict]:
+def run(cfg: LoopConfig, tables: dict[str, dict]) -> list[dict]:
     from rlhfkit.feedback.store import FeedbackStore
     from rlhfkit.mining import mine
     from rlhfkit.rankings import load_rankings, usable
@@ -251,7 +251,7 @@ def run(cfg: Config, tables: dict[str, dict]) -> list[dict]:
 def cli(name: str, argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog=f"rlhfkit {name}", description=__doc__.strip().split("\n")[0],
-        epilog=__doc__.strip().split("\n", 1)[1] + "\nkeys (name, default, meaning):\n" + describe(Config),
+        epilog=__doc__.strip().split("\n", 1)[1] + "\nkeys (name, default, meaning):\n" + describe(LoopConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML: the loop's keys, plus [reward] and [ppo] tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -3,6 +3,7 @@
     rlhfkit run recipes/my-run.toml [--run runs/x] [--set pretrain.max_steps=50] [--force STEP]
     rlhfkit demo [--run runs/demo] [--labeler MODULE:FUNCTION] [--seed N] [--set STEP.KEY=V]
                                                       # the packaged recipe rlhfkit/recipes/demo.toml
+    rlhfkit demo --loop [--run runs/demo] [--set loop.KEY=V]   # demo.toml up to sft, then demo_loop.toml
 
 A recipe is TOML. `[recipe]` holds `run` (the run directory; `{run}` in any string below is
 replaced by it), a `description`, and the defaults of `labeler` and `seed` (`{labeler}` and
@@ -119,10 +120,13 @@ def load_recipe(path: Path, run: str | None, sets: list[str], overrides: dict | 
 
 
 def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None,
-               force: list[str] | None = None, labeler: str | None = None, seed: int | None = None) -> None:
+               force: list[str] | None = None, labeler: str | None = None, seed: int | None = None,
+               until: str | None = None) -> None:
     from rlhfkit.cli import COMMANDS
 
     run, description, steps, env = load_recipe(path, run, sets or [], {"labeler": labeler, "seed": seed})
+    if until in steps:  # only the steps up to this one (demo --loop: the world, pre-training and SFT)
+        steps = dict(list(steps.items())[: list(steps).index(until) + 1])
     if any("{labeler}" in json.dumps(t) for t in steps.values()):
         from rlhfkit.feedback.labelers import load_gold
 
@@ -195,6 +199,9 @@ def cli(name: str, argv: list[str]) -> int:
                         "imported from the current directory or PYTHONPATH (demo default: rlhfkit.rewards.gold:joke)")
     p.add_argument("--seed", type=int, help="seed of the RLHF steps only (ranking-task sampling, labeler noise, "
                                             "reward model, RL); pre-training and SFT are kept")
+    if name == "demo":
+        p.add_argument("--loop", action="store_true", help="the iterated loop instead of one RLHF pass: demo.toml's "
+                                                           "steps up to sft, then recipes/demo_loop.toml (rlhfkit loop)")
     a = p.parse_args(argv)
     if os.getcwd() not in sys.path:  # `--labeler mygold:fn` finds mygold.py in the current directory
         sys.path.insert(0, os.getcwd())
@@ -202,6 +209,12 @@ def cli(name: str, argv: list[str]) -> int:
         from importlib.resources import files
 
         path = Path(str(files("rlhfkit") / "recipes" / "demo.toml"))
+        if a.loop:  # --set loop.KEY=V goes to the loop's recipe, every other --set to demo.toml's steps
+            run_recipe(path, a.run, [s for s in a.set if not s.startswith("loop.")], a.force, a.labeler, a.seed,
+                       until="sft")
+            run_recipe(path.with_name("demo_loop.toml"), a.run, [s for s in a.set if s.startswith("loop.")],
+                       a.force, a.labeler, a.seed)
+            return 0
     else:
         path = Path(a.recipe)
     run_recipe(path, a.run, a.set, a.force, a.labeler, a.seed)
