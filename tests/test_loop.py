@@ -29,7 +29,8 @@ def _rl_dir(d: Path, ensemble_rel=None) -> Path:
              "evals": [{"step": 0, "ensemble_std_rel": None if ensemble_rel is None else 1.0},
                        {"step": 5, "ensemble_std_rel": ensemble_rel}, {"step": 10, "ensemble_std_rel": None}],
              "exploits": [{"step": 5, "prompt": "p0", "response": "hack 0", "start_response": "start 0", "margin": 2.0},
-                          {"step": 10, "prompt": "p1", "response": "ship 1", "start_response": "start 1", "margin": 1.0}]}
+                          {"step": 10, "prompt": "p1", "response": "ship 1", "start_response": "start 1",
+                           "margin": 1.0}]}
     (d / "guard.json").write_text(json.dumps(guard))
     return d
 
@@ -45,7 +46,8 @@ def test_mining_queues_each_exploit_against_the_start_and_the_shipped_policy_onc
     assert again == [] and counts["tasks"] == 2 and counts["tasks_by_kind"] == {"rank": 2}
     # p0: the exploit (step 5), the start's and the shipped step 10's response -> K = 3;
     # p1: the exploit is the shipped response itself -> K = 2 (distinct texts only)
-    assert tasks[0]["prompt"] == "p0" and sorted(r["text"] for r in tasks[0]["responses"]) == ["hack 0", "ship 0", "start 0"]
+    assert tasks[0]["prompt"] == "p0"
+    assert sorted(r["text"] for r in tasks[0]["responses"]) == ["hack 0", "ship 0", "start 0"]
     assert tasks[1]["prompt"] == "p1" and sorted(r["text"] for r in tasks[1]["responses"]) == ["ship 1", "start 1"]
     assert tasks[0]["meta"]["mined"] == {"step": 5, "why": "lost spot check", "margin": 2.0}
     assert task_key("p0", ["a", "b"]) == task_key("p0", ["b", "a"]) != task_key("p1", ["a", "b"])
@@ -79,7 +81,8 @@ def test_feedback_mine_cli(tmp_path):
 def _loop_config(tmp_path: Path, tiny_base: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
-    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me about {i} cats."}) + "\n" for i in range(8)))
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Tell me about {i} cats."}) + "\n"
+                                             for i in range(8)))
     (d / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"What about {i} dogs?"}) + "\n" for i in range(4)))
     cfg = tmp_path / "loop.toml"
     cfg.write_text(f"""
@@ -169,7 +172,7 @@ def test_the_packaged_demo_loop_recipe_sets_only_loop_and_stage_keys():
     from rlhfkit.recipe import _substitute, load_recipe
 
     path = Path(str(files("rlhfkit") / "recipes" / "demo_loop.toml"))
-    run, _, steps, env = load_recipe(path, "runs/x", [])
+    _, _, steps, env = load_recipe(path, "runs/x", [])
     args = _substitute(steps["loop"]["args"], env)
     assert args[::2] == ["--set"] * (len(args) // 2)
     cfg, tables = loop.load(None, args[1::2])

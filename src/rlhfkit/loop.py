@@ -178,7 +178,8 @@ def shipped_dir(ppo_dir: Path) -> Path:
 def table(rows: list[dict]) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
-    lines = [f"{'round':>5} {'rankings':>8} {'rm_acc':>6} {'stop':>5} {'ship':>5} {'proxy':>7} {'gold':>7}  top exploit"]
+    lines = [f"{'round':>5} {'rankings':>8} {'rm_acc':>6} {'stop':>5} {'ship':>5} {'proxy':>7} {'gold':>7}  "
+             "top exploit"]
     for x in rows:
         ex = (x["top_exploit"] or "-").replace("\n", " ")
         lines.append(f"{x['round']:>5} {x['rankings']:>8} {f(x['rm_accuracy'], '.3f'):>6} {f(x['stop_step'], 'd'):>5} "

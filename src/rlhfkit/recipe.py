@@ -200,8 +200,9 @@ def cli(name: str, argv: list[str]) -> int:
     p.add_argument("--seed", type=int, help="seed of the RLHF steps only (ranking-task sampling, labeler noise, "
                                             "reward model, RL); pre-training and SFT are kept")
     if name == "demo":
-        p.add_argument("--loop", action="store_true", help="the iterated loop instead of one RLHF pass: demo.toml's "
-                                                           "steps up to sft, then recipes/demo_loop.toml (rlhfkit loop)")
+        p.add_argument("--loop", action="store_true",
+                       help="the iterated loop instead of one RLHF pass: demo.toml's steps up to sft, then "
+                            "recipes/demo_loop.toml (rlhfkit loop)")
     a = p.parse_args(argv)
     if os.getcwd() not in sys.path:  # `--labeler mygold:fn` finds mygold.py in the current directory
         sys.path.insert(0, os.getcwd())
