@@ -65,6 +65,31 @@ def test_mining_adds_high_disagreement_samples_of_an_ensemble(tmp_path):
     assert whys == ["lost spot check"] * 2 + ["ensemble disagreement"] * 2 and prompts == ["p0", "p1", "p2", "p1"]
 
 
+def test_mining_reads_every_lost_spot_check_in_the_guards_store(tmp_path):
+    # guard.json keeps its top exploits only; the guard's store (RL_DIR/feedback.db) has every spot
+    # check, asked as the guard asks them (arena, models step-0 / step-N, meta guard.step)
+    rl = _rl_dir(tmp_path / "ppo")
+    with FeedbackStore.for_run(rl) as spot:
+        who = spot.annotator("guard-sim", role="simulated")["id"]
+        for step, i, policy_won in ((5, 2, False), (5, 1, True), (10, 0, False)):
+            pid = spot.add_prompt(f"p{i}", {"guard": {"step": step, "eval_index": i}})
+            mine_id = spot.add_response(pid, samples_text(step, i), model=f"step-{step}")
+            start_id = spot.add_response(pid, f"start {i}", model="step-0")
+            task = spot.create_task(pid, [start_id, mine_id], kind="arena")
+            spot.submit_ranking(task, who, [mine_id, start_id] if policy_won else [start_id, mine_id],
+                                source="simulated")
+    with FeedbackStore.for_run(tmp_path / "fb") as store:
+        added = mine(rl, store)
+        got = [(store.task(t)["prompt"], store.task(t)["meta"]["mined"]["margin"]) for t in added]
+    # guard.json's two (margins 2.0, 1.0) plus the store's lost ones: p2 at step 5 (reward 4 - start 0 = 4.0)
+    # and p0 at step 10 (1.0 - 0.0); p1 at step 5 was won by the policy: not an exploit
+    assert got == [("p2", 4.0), ("p0", 2.0), ("p1", 1.0), ("p0", 1.0)]
+
+
+def samples_text(step: int, i: int) -> str:
+    return {0: "start {}", 5: "hack {}", 10: "ship {}"}[step].format(i)
+
+
 def test_feedback_mine_cli(tmp_path):
     from conftest import rlhfkit
 

@@ -117,8 +117,7 @@ def prompt_slice(cfg: LoopConfig, r: int, out: Path) -> Path:
     lo = (r - 1) * cfg.prompts_per_round
     chosen = [recs[(lo + i) % len(recs)] for i in range(min(cfg.prompts_per_round, len(recs)))]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(
-        {"prompt": c["prompt"], **({"messages": c["messages"]} if "messages" in c else {})}) + "\n" for c in chosen))
+    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chosen))
     return out / "prompts.jsonl"
 
 

@@ -3,10 +3,11 @@
     rlhfkit feedback mine runs/demo/ppo --store runs/demo/feedback     # then rank them:
     rlhfkit feedback simulate runs/demo/feedback --labeler rlhfkit.rewards.gold:joke   (or people: rlhfkit label)
 
-An exploit is a sample the reward model liked but a person did not: the guard records them in
-RL_DIR/guard.json `exploits` (spot checks the labeler lost against the starting policy while
-the reward model preferred the policy's response; the top ones by reward margin, up to the
-stop). With an ensemble reward model the guard's high-disagreement evals add candidates too:
+An exploit is a sample the reward model liked but a person did not: a spot check up to the
+guard's stop that the policy lost against the starting policy while the reward model preferred
+the policy's response. guard.json `exploits` keeps the top 5 by reward margin; the guard's
+spot-check store (RL_DIR/feedback.db, when there) has every one of them, read here with the
+margins from samples.jsonl. With an ensemble reward model the guard's high-disagreement evals add candidates too:
 samples.jsonl's responses at the evals whose ensemble disagreement rose (guard/
 ensemble_std_rel above the disagreement rule's limit), above the start's mean proxy reward.
 
@@ -53,13 +54,34 @@ def read_run(rl_dir: str | Path) -> tuple[dict, list[dict]]:
     return guard, samples
 
 
-def candidates(guard: dict, samples: list[dict], disagreement_rise: float | None = None) -> list[dict]:
-    """The exploits to rank, strongest first: guard.json's lost spot checks, then (ensembles) the
-    samples of high-disagreement evals up to the stop whose proxy beats the start's mean.
-    Each {"step", "prompt", "response", "why", "margin"}; "margin" = proxy advantage over the start."""
-    out = [{"step": e["step"], "prompt": e["prompt"], "response": e["response"], "why": "lost spot check",
-            "margin": float(e["margin"]), "start_response": e.get("start_response")}
-           for e in guard.get("exploits", [])]
+def lost_spot_checks(store, guard: dict, samples: list[dict]) -> list[dict]:
+    """Every spot check in the guard's store up to its stop that the policy lost while the reward
+    model preferred it (margin = proxy of the policy's sample - the start's, from samples.jsonl)."""
+    reward = {(s["step"], s["prompt"], s["response"]): s["reward"] for s in samples}
+    stop, out = guard.get("stop_step"), []
+    for r in store.rankings():
+        g = (r.get("meta") or {}).get("guard")
+        if r["kind"] != "arena" or not g or r["tie"] or (stop is not None and g["step"] > stop):
+            continue
+        if r["models"] != ["step-0", f"step-{g['step']}"]:
+            continue  # the policy won (or not a guard task)
+        start, policy = r["responses"]
+        mine_r, start_r = reward.get((g["step"], r["prompt"], policy)), reward.get((0, r["prompt"], start))
+        if mine_r is not None and start_r is not None and mine_r > start_r:
+            out.append({"step": g["step"], "prompt": r["prompt"], "response": policy, "start_response": start,
+                        "margin": mine_r - start_r})
+    return out
+
+
+def candidates(guard: dict, samples: list[dict], disagreement_rise: float | None = None,
+               lost: list[dict] | None = None) -> list[dict]:
+    """The exploits to rank: the lost spot checks (guard.json's, or all of them: `lost`), strongest
+    first, then (ensembles) the samples of high-disagreement evals up to the stop whose proxy beats
+    the start's mean. Each {"step", "prompt", "response", "why", "margin", "start_response"}."""
+    spots = {(e["prompt"], e["response"]): e for e in [*guard.get("exploits", []), *(lost or [])]}
+    out = sorted(({"step": e["step"], "prompt": e["prompt"], "response": e["response"], "why": "lost spot check",
+                   "margin": float(e["margin"]), "start_response": e.get("start_response")}
+                  for e in spots.values()), key=lambda c: -c["margin"])
     rise = disagreement_rise if disagreement_rise is not None else (guard.get("rules") or {}).get("disagreement_rise")
     stop = guard.get("stop_step")
     if rise:
@@ -100,8 +122,14 @@ def rank_items(guard: dict, samples: list[dict], cands: list[dict]) -> list[tupl
 def mine(rl_dir: str | Path, store, limit: int = 0, disagreement_rise: float | None = None) -> list[int]:
     """Queue RL_DIR's exploits (see the module doc) in `store` as rank tasks; -> the ids of the
     tasks added (none for those already there). `limit` > 0 keeps the strongest `limit`."""
+    from rlhfkit.feedback.store import FeedbackStore
+
     guard, samples = read_run(rl_dir)
-    items = rank_items(guard, samples, candidates(guard, samples, disagreement_rise))
+    lost = []
+    if (Path(rl_dir) / "feedback.db").is_file():  # the guard's spot checks (its default store)
+        with FeedbackStore.for_run(rl_dir) as spot:
+            lost = lost_spot_checks(spot, guard, samples)
+    items = rank_items(guard, samples, candidates(guard, samples, disagreement_rise, lost))
     if limit > 0:
         items = items[:limit]
     if not items:
