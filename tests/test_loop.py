@@ -205,3 +205,11 @@ def test_the_packaged_demo_loop_recipe_sets_only_loop_and_stage_keys():
     assert (cfg.out, cfg.rounds, pcfg.model, pcfg.reward) == ("runs/x/loop", 2, "runs/x/loop/round-1/ppo/best",
                                                               "rm:runs/x/loop/round-2/rm")
     assert rcfg.data == "runs/x/loop" and rcfg.model == "runs/x/sft" and pcfg.guard == "observe"
+
+
+def test_loop_cli_help_and_a_bad_key_exit_2():
+    from conftest import rlhfkit
+
+    assert "sample -> rank" in rlhfkit("loop", "--help").stdout
+    r = rlhfkit("loop", "--set", "prompts=p.jsonl", "--set", "ppo.reward=math", check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "set by the loop" in r.stderr
