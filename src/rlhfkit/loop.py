@@ -113,6 +113,8 @@ def prompt_slice(cfg: LoopConfig, r: int, out: Path) -> Path:
     """Round r's prompts: the next prompts_per_round of `prompts`, wrapping around -> out/prompts.jsonl."""
     from rlhfkit.data import read_prompts
 
+    if (out / "prompts.jsonl").is_file():  # a resumed round keeps its prompts (fill's task keys hold them)
+        return out / "prompts.jsonl"
     recs = read_prompts(cfg.prompts)
     lo = (r - 1) * cfg.prompts_per_round
     chosen = [recs[(lo + i) % len(recs)] for i in range(min(cfg.prompts_per_round, len(recs)))]
