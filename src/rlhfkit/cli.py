@@ -30,6 +30,7 @@ import sys
 # name -> (module, one line). Modules load lazily: torch and transformers cost seconds.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlhfkit.recipe", "run the embedded demo end to end (no network, no GPU)"),
+    "loop": ("rlhfkit.loop", "iterated RLHF: rounds of sample -> rank -> reward model -> PPO with the guard -> mine exploits"),
     "run": ("rlhfkit.recipe", "run the stages of a recipe TOML in order, skipping finished ones"),
     "world": ("rlhfkit.world", "write the embedded synthetic world: corpus, conversations, prompts"),
     "tokenizer": ("rlhfkit.tokenizer", "train a byte-level BPE tokenizer with a chat template"),

@@ -4,6 +4,7 @@
     rlhfkit demo [--run runs/demo] [--labeler MODULE:FUNCTION] [--seed N] [--set STEP.KEY=V]
                                                       # the packaged recipe rlhfkit/recipes/demo.toml
     rlhfkit demo --human [--port 8000]                # you rank the jokes on the ranking page
+    rlhfkit demo --loop [--run runs/demo] [--set loop.KEY=V]   # demo.toml up to sft, then demo_loop.toml
 
 A recipe is TOML. `[recipe]` holds `run` (the run directory; `{run}` in any string below is
 replaced by it), a `description`, and the defaults of `labeler` and `seed` (`{labeler}` and
@@ -282,11 +283,13 @@ def wait_for_people(store_dir: str, port: int, poll_s: float = 1.0, say_every_s:
 
 def run_recipe(path: Path, run: str | None = None, sets: list[str] | None = None,
                force: list[str] | None = None, labeler: str | None = None, seed: int | None = None,
-               human: bool = False, port: int = 8000) -> None:
+               human: bool = False, port: int = 8000, until: str | None = None) -> None:
     from rlhfkit.cli import COMMANDS
 
     force = force or []
     run, description, steps, env, eta = load_recipe(path, run, sets or [], {"labeler": labeler, "seed": seed})
+    if until in steps:  # only the steps up to this one (demo --loop: the world, pre-training and SFT)
+        steps = dict(list(steps.items())[: list(steps).index(until) + 1])
     for name, raw in steps.items():
         stage = raw.get("stage", name)
         if stage not in COMMANDS or stage in ("run", "demo"):
@@ -372,6 +375,10 @@ def cli(name: str, argv: list[str]) -> int:
                    help="you rank the jokes: the ranking step serves its page (address and token printed) and waits "
                         "until every task is ranked, instead of the simulated person")
     p.add_argument("--port", type=int, default=8000, help="with --human: the ranking page's port (default 8000)")
+    if name == "demo":
+        p.add_argument("--loop", action="store_true",
+                       help="the iterated loop instead of one RLHF pass: demo.toml's steps up to sft, then "
+                            "recipes/demo_loop.toml (rlhfkit loop)")
     a = p.parse_args(argv)
     if os.getcwd() not in sys.path:  # `--labeler mygold:fn` finds mygold.py in the current directory
         sys.path.insert(0, os.getcwd())
@@ -379,6 +386,12 @@ def cli(name: str, argv: list[str]) -> int:
         from importlib.resources import files
 
         path = Path(str(files("rlhfkit") / "recipes" / "demo.toml"))
+        if a.loop:  # --set loop.KEY=V goes to the loop's recipe, every other --set to demo.toml's steps
+            run_recipe(path, a.run, [s for s in a.set if not s.startswith("loop.")], a.force, a.labeler, a.seed,
+                       until="sft")
+            run_recipe(path.with_name("demo_loop.toml"), a.run, [s for s in a.set if s.startswith("loop.")],
+                       a.force, a.labeler, a.seed, a.human, a.port)
+            return 0
     else:
         path = Path(a.recipe)
     run_recipe(path, a.run, a.set, a.force, a.labeler, a.seed, a.human, a.port)

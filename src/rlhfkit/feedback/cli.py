@@ -7,6 +7,7 @@
     rlhfkit feedback import runs/fb hh-rlhf.jsonl.gz [--format auto|rlhfkit|hh|trl|oasst]
     rlhfkit feedback export runs/fb --out prefs.jsonl [--pairs]
     rlhfkit feedback stats runs/fb [--gold module:fn] [--json]
+    rlhfkit feedback mine runs/demo/ppo --store runs/demo/feedback  # the RL run's exploits -> rank tasks
 
 The store is RUN/feedback.db (SQLite) unless `--db` (or fill's `db` key) names a database
 URL such as postgresql://user@host/rlhf. Export/import record formats: see feedback/formats.py.
@@ -218,6 +219,12 @@ def _parser(name: str) -> argparse.ArgumentParser:
     sp.add_argument("--gold", metavar="MODULE:FUNCTION", help="also score each annotator against this gold function")
     sp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for rating intervals")
     sp.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+    sp = add("mine", "queue an RL run's exploits (guard.json) as ranking tasks (rlhfkit.mining)", run=False)
+    sp.add_argument("rl_dir", help="an RL run's out dir (guard.json, samples.jsonl)")
+    sp.add_argument("--store", required=True, help="run directory of the store to add to (its feedback.db)")
+    sp.add_argument("--db", help="database URL or SQLite path instead of STORE/feedback.db")
+    sp.add_argument("--limit", type=int, default=0, help="keep the strongest N exploits (0: all)")
     return p
 
 
@@ -226,6 +233,8 @@ def cli(name: str, argv: list[str]) -> int:
     if a.cmd == "fill":
         fill(load_config(FillConfig, a.config, a.set, stage="feedback fill"))
         return 0
+    if a.cmd == "mine":
+        return _mine(a)
     store = _store(a)
     try:
         return COMMANDS[a.cmd](store, a)
@@ -279,6 +288,19 @@ def _stats(store, a) -> int:
 
     s = feedback_stats(store, gold=load_gold(a.gold) if a.gold else None, bootstrap=a.bootstrap)
     print(json.dumps(s, indent=2) if a.json else format_stats(s))
+    return 0
+
+
+def _mine(a) -> int:
+    from rlhfkit.feedback.store import FeedbackStore
+    from rlhfkit.mining import mine
+
+    if not a.db and not Path(a.store).is_dir():
+        raise UserError(f"--store {a.store}: run directory not found")
+    with FeedbackStore.for_run(a.store, a.db) as store:
+        added = mine(a.rl_dir, store, a.limit)
+    print(f"mined {len(added)} new ranking tasks from {a.rl_dir} into {a.db or a.store}"
+          + ("" if added else " (its exploits were already there, or it found none)"))
     return 0
 
 
