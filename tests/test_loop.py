@@ -197,7 +197,7 @@ def test_the_packaged_demo_loop_recipe_sets_only_loop_and_stage_keys():
     from rlhfkit.recipe import _substitute, load_recipe
 
     path = Path(str(files("rlhfkit") / "recipes" / "demo_loop.toml"))
-    _, _, steps, env = load_recipe(path, "runs/x", [])
+    _, _, steps, env, _ = load_recipe(path, "runs/x", [])
     args = _substitute(steps["loop"]["args"], env)
     assert args[::2] == ["--set"] * (len(args) // 2)
     cfg, tables = loop.load(None, args[1::2])
