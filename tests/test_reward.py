@@ -233,6 +233,18 @@ def test_eval_reward_prints_accuracy(trained, tmp_path, capsys):
     assert m["rm/pairs"] == 30 and (tmp_path / "ev" / "calibration.png").is_file()
 
 
+def test_eval_reward_writes_beside_the_model_not_into_it(trained, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "rm"
+    shutil.copytree(trained["out"], model)
+    before = sorted(p.name for p in model.iterdir())
+    data = _write(tmp_path / "heldout.jsonl", _rankings(4, seed=8))
+    assert eval_reward.cli("eval-reward", [str(model), "--data", str(data)]) == 0
+    assert sorted(p.name for p in model.iterdir()) == before  # the model dir holds only the model
+    assert (tmp_path / "rm-eval-heldout" / "eval.json").is_file()
+
+
 def test_ranking_metrics_by_hand():
     scores = [torch.tensor([2.0, 1.0, 3.0]), torch.tensor([0.0, -1.0])]
     m, _ = eval_reward.ranking_metrics(scores)

@@ -3,7 +3,8 @@
     rlhfkit eval-reward runs/demo/rm --data runs/demo            # a run's feedback store
     rlhfkit eval-reward runs/demo/rm --data hh-test.jsonl.gz     # any file the importers read
 
-Prints the pairwise accuracy and writes into `--out` (default MODEL/eval-<data name>/):
+Prints the pairwise accuracy and writes into `--out` (default MODEL-eval-<data name>/ beside the
+model, never inside it: a model dir holds only the model):
 `eval.json` (every metric, the calibration bins, a score histogram), `metrics.jsonl` (one
 line of `rm/...` keys) and `calibration.png` (reliability diagram + score distributions).
 
@@ -166,15 +167,18 @@ def cli(name: str, argv: list[str]) -> int:
     p.add_argument("--format", default="auto", help="preference file format: auto, rlhfkit, hh, trl, oasst")
     p.add_argument("--source", default="", help="only store rankings from this source (human, simulated, ...)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N rankings only (0: all)")
-    p.add_argument("--out", default="", help="output dir (default MODEL/eval-<data name>)")
+    p.add_argument("--out", default="", help="output dir (default MODEL-eval-<data name>, beside the model)")
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
+    model = Path(a.model.rstrip("/"))
+    stem = Path(a.data.rstrip("/")).name.split(".")[0] or "data"
+    out = Path(a.out) if a.out else model.parent / f"{model.name}-eval-{stem}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory (--out must be a directory)")
     rankings = usable(load_rankings(a.data, a.db, a.format, a.source or None), skip_all_bad=False)
     if a.limit:
         rankings = rankings[:a.limit]
     scorer = RewardScorer.load(a.model)
-    stem = Path(a.data.rstrip("/")).name.split(".")[0] or "data"
-    out = Path(a.out or Path(a.model) / f"eval-{stem}")
     metrics = evaluate_reward_model(scorer, rankings, out, a.batch_size, title=f"{a.model} on {a.data}",
                                     extra={"model": a.model, "data": a.data})
     atomic_write_text(out / "metrics.jsonl", json.dumps({"step": 0, **metrics}) + "\n")
