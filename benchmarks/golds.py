@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 
+from rlhfkit.rewards.gold import _STOP as _JOKE_STOP
 from rlhfkit.rewards.gold import _split, no_repeat
 from rlhfkit.world import ANIMAL, find_animal, has_pun, mentions
 
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
-_STOP = frozenset("the a an and or but to of with because it its is was at in on for that this they you i "
-                  "do did what why how who".split())
+_STOP = _JOKE_STOP | {"do", "did", "what", "why", "how", "who"}  # words a callback does not count
 
 
 def _words(text: str) -> list[str]:

@@ -66,9 +66,9 @@ def start_run(base: Path, work: Path, recipe: Path, name: str, seed: int) -> sub
            "--seed", str(seed)] + [x for s in SETS for x in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    log = open(run / "regret.log", "a")
     print(f"start {name}-s{seed}: {' '.join(cmd)}", flush=True)
-    return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(run / "regret.log", "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def rankings_trained_on(run: Path) -> int:
@@ -109,8 +109,8 @@ def summarise(run: Path, every: int = 5) -> dict:
 def table(rows: list[dict]) -> str:
     def f(x, fmt="{:.3f}"):
         return "-" if x is None else fmt.format(x)
-    out = [f"{'run':<12} {'stop':>4} {'ship':>4} {'g_start':>7} {'g_best':>6}@{'st':<2} {'g_ship':>6} "
-           f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5}"]
+    out = [(f"{'run':<12} {'stop':>4} {'ship':>4} {'g_start':>7} {'g_best':>6}@{'st':<2} {'g_ship':>6} "
+            f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5}")]
     for r in rows:
         out.append(f"{r['run']:<12} {f(r['stop_step'], '{}'):>4} {r['shipped_step']:>4} {r['gold_start']:7.3f} "
                    f"{r['gold_best']:6.3f}@{r['gold_best_step']:<2} {r['gold_shipped']:6.3f} "
@@ -155,6 +155,26 @@ def plot(run: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def spread(base: Path) -> dict:
+    """Each gold over BASE's SFT samples (its feedback store: 4 per prompt): do rankings carry signal?"""
+    from rlhfkit.feedback.labelers import load_gold
+
+    con = sqlite3.connect(f"file:{base / 'feedback' / 'feedback.db'}?mode=ro", uri=True)
+    rows = list(con.execute("select p.text, r.text, r.prompt_id from responses r join prompts p on p.id = r.prompt_id"))
+    out = {}
+    for name, spec in GOLDS.items():
+        fn = load_gold(spec)
+        by: dict[int, list[float]] = defaultdict(list)
+        for prompt, response, pid in rows:
+            by[pid].append(fn(prompt, response))
+        flat = [x for v in by.values() for x in v]
+        out[name] = {"mean": statistics.fmean(flat), "std": statistics.pstdev(flat),
+                     "within_prompt_std": statistics.fmean(statistics.pstdev(v) for v in by.values()),
+                     "all_tied_prompts": sum(len(set(v)) == 1 for v in by.values()) / len(by)}
+        print(f"spread {name:<9} " + " ".join(f"{k} {v:.3f}" for k, v in out[name].items()))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", type=Path, default=Path("runs/demo"), help="a finished `rlhfkit demo` run (its sft/)")
@@ -183,9 +203,13 @@ def main() -> None:
                     running.remove(item)
                     walls[item[0]] = time.time() - item[1]
                     print(f"done {item[0]}: rc {item[2].returncode}, {walls[item[0]]:.0f} s", flush=True)
-        (a.work / "walls.json").write_text(json.dumps(walls, indent=1))
+                    old = json.loads((a.work / "walls.json").read_text()) if (a.work / "walls.json").is_file() else {}
+                    (a.work / "walls.json").write_text(json.dumps({**old, **walls}, indent=1))
     done = [(n, s) for s in SEEDS for n in GOLDS if (a.work / f"{n}-s{s}" / "ppo" / "guard.json").is_file()]
-    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12}
+    sys.path.insert(0, str(HERE))
+    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base)}
+    walls_path = a.work / "walls.json"
+    result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     for every in (5, 10):
         rows = [summarise(a.work / f"{n}-s{s}", every) for n, s in done]
         print(f"\n== eval every {every}" + (" (replayed from the every-5 evals)" if every != 5 else ""))
