@@ -10,8 +10,9 @@ finished `rlhfkit demo` run: pre-training and SFT are not repeated), two runs at
 whose ppo/guard.json exists is not run again (the script resumes). Then per run: the guard's stop
 and shipped step, gold at start / best / shipped over the eval steps, regret = (best - shipped) /
 (best - start), labels_used and labels_used / the rankings the reward model was trained on.
-Second table: the same runs replayed as if evaluated every 10 steps (the demo's eval_every),
-the guard re-deciding from the evals at steps 0, 10, 20, ... only (`guard.replay`).
+Then the same runs replayed (`guard.replay`, exact for an observe run) as if evaluated every 10
+steps (the demo's eval_every), and every 10 steps with only 6 of the 12 spot checks per eval
+(rebuilt from the run's spot-check store: the labels budget); see VIEWS.
 
 Writes benchmarks/results/regret.json and benchmarks/results/regret.png (gold and proxy vs step
 and vs KL for --plot-run, default joke-s1). The guard's rules are the defaults; nothing here
@@ -39,6 +40,12 @@ GOLDS = {"joke": "rlhfkit.rewards.gold:joke", "punchy": "golds:punchy", "animal"
          "wordplay": "golds:wordplay"}
 SEEDS = (0, 1)
 SETS = ["ppo.guard=observe", "ppo.max_steps=40", "ppo.eval_every=5", "ppo.threads=1", "reward.threads=1"]
+# the views of the same runs: (eval every, spot checks per eval or None = as run (12), what it is).
+# The budget view (last) was fixed after reading punchy-s0 only: 6 checks at 4 evals after the start
+# cap labels_used at 24, 13% of the 180 rankings the demo's reward model trains on, stop or no stop.
+VIEWS = ((5, None, "as run: eval every 5, 12 spot checks per eval"),
+         (10, None, "replayed: eval every 10 (the demo's), 12 spot checks per eval"),
+         (10, 6, "replayed: eval every 10, the first 6 of each eval's spot checks (the labels budget)"))
 RLHF_STEPS = ("recipe", "feedback", "rank", "reward", "ppo")
 
 
@@ -79,7 +86,40 @@ def rankings_trained_on(run: Path) -> int:
     return int(total - held)
 
 
-def summarise(run: Path, every: int = 5) -> dict:
+def spot_subsample(run: Path, evals: list[dict], k: int) -> list[dict]:
+    """The evals as if the guard had asked only k spot checks per eval: the first k it asked (by eval
+    index) of each eval's comparisons, rebuilt from the run's spot-check store (ppo/feedback.db)
+    with the labeler's own answers; win rate and RM agreement recomputed as the guard does."""
+    from rlhfkit.guard import agreement_outcomes, outcome, rate_with_noise
+
+    reward: dict[tuple[int, int], float] = {}
+    index: dict[int, int] = defaultdict(int)
+    for line in (run / "ppo" / "samples.jsonl").read_text().splitlines():
+        s = json.loads(line)
+        reward[s["step"], index[s["step"]]] = s["reward"]
+        index[s["step"]] += 1
+    con = sqlite3.connect(f"file:{run / 'ppo' / 'feedback.db'}?mode=ro", uri=True)
+    asked: dict[int, list[tuple[int, float, float]]] = defaultdict(list)  # step -> (eval index, outcome, margin)
+    for meta, ranked, tie, policy_model in con.execute(
+            "select p.meta, k.ranked_ids, k.tie, r.model from rankings k join tasks t on t.id = k.task_id "
+            "join prompts p on p.id = t.prompt_id join responses r on r.id = json_extract(k.ranked_ids, '$[0]')"):
+        g = json.loads(meta)["guard"]
+        first_is_policy = policy_model == f"step-{g['step']}"
+        asked[g["step"]].append((g["eval_index"], outcome(first_is_policy, bool(tie)),
+                                 reward[g["step"], g["eval_index"]] - reward[0, g["eval_index"]]))
+    out = [evals[0]]
+    for e in evals[1:]:
+        chosen = sorted(asked[e["step"]])[:k]
+        labels, margins = [c[1] for c in chosen], [c[2] for c in chosen]
+        win, win_se = rate_with_noise(labels)
+        agree, agree_se = rate_with_noise(agreement_outcomes(margins, labels))
+        out.append({**e, "labels": len(labels), "win_rate": win, "win_se": win_se, "agreement": agree,
+                    "agreement_se": agree_se})
+    return out
+
+
+def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict:
+    """One run's row; every > 5 or spot_checks < 12: the guard's decisions replayed on that evidence."""
     from rlhfkit.guard import Limits, replay
 
     gj = json.loads((run / "ppo" / "guard.json").read_text())
@@ -89,15 +129,18 @@ def summarise(run: Path, every: int = 5) -> dict:
         golds[s["step"]].append(s["gold"])
     gold = {k: statistics.fmean(v) for k, v in golds.items() if k % every == 0}
     evals = [e for e in gj["evals"] if e["step"] % every == 0]
-    if every == gj["evals"][1]["step"]:
-        stop, reason, shipped, used = gj["stop_step"], gj["reason"], gj["shipped_step"], gj["labels_used"]
-    else:  # as if it had evaluated every `every` steps: the guard re-decides from those evals only
-        stop, reason, shipped = replay(evals, replace(Limits(**gj["rules"])))
-        last = stop if stop is not None else evals[-1]["step"]
-        used = sum(e["labels"] for e in evals if e["step"] <= last)
+    if spot_checks is not None:
+        evals = spot_subsample(run, evals, spot_checks)
+    # replay() re-decides exactly what the observe run decided when given its own evals (checked below)
+    stop, reason, shipped = replay(evals, Limits(**gj["rules"]))
+    if every == 5 and spot_checks is None:
+        assert (stop, shipped) == (gj["stop_step"], gj["shipped_step"]), (run, stop, shipped, gj["stop_step"])
+    last = stop if stop is not None else evals[-1]["step"]
+    used = sum(e["labels"] for e in evals if e["step"] <= last)
     start, best = gold[0], max(gold.values())
     trained = rankings_trained_on(run)
-    return {"run": run.name, "eval_every": every, "stop_step": stop, "reason": reason, "shipped_step": shipped,
+    return {"run": run.name, "eval_every": every, "spot_checks": spot_checks or gj["spot_checks_per_eval"],
+            "stop_step": stop, "reason": reason, "shipped_step": shipped,
             "gold_start": start, "gold_best": best, "gold_best_step": max(gold, key=gold.get),
             "gold_shipped": gold[shipped], "regret": (best - gold[shipped]) / (best - start) if best > start else None,
             "labels_used": used, "rm_rankings": trained, "labels_frac": used / trained,
@@ -210,11 +253,11 @@ def main() -> None:
     result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base)}
     walls_path = a.work / "walls.json"
     result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
-    for every in (5, 10):
-        rows = [summarise(a.work / f"{n}-s{s}", every) for n, s in done]
-        print(f"\n== eval every {every}" + (" (replayed from the every-5 evals)" if every != 5 else ""))
+    for every, k, what in VIEWS:
+        rows = [summarise(a.work / f"{n}-s{s}", every, k) for n, s in done]
+        print(f"\n== {what}")
         print(table(rows))
-        result[f"eval_every_{every}"] = rows
+        result[f"every{every}_checks{k or 12}"] = {"what": what, "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "regret.json").write_text(json.dumps(result, indent=1))
     if (a.work / a.plot_run / "ppo" / "guard.json").is_file():
