@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 
