@@ -7,7 +7,7 @@ For each hidden person (the joke gold and the three in benchmarks/golds.py) and 
 re-runs the demo's RLHF steps (rankings by that person -> reward model -> PPO, guard = observe,
 40 steps, eval every 5) in WORK/NAME-sSEED, a copy of BASE's world/, tokenizer/ and sft/ (a
 finished `rlhfkit demo` run: pre-training and SFT are not repeated), two runs at a time; a run
-whose ppo/guard.json exists is not run again (the script resumes). Then per run: the guard's stop
+whose PPO step finished (WORK/NAME-sSEED/recipe-state.json) is not run again (the script resumes). Then per run: the guard's stop
 and shipped step, gold at start / best / shipped over the eval steps, regret = (best - shipped) /
 (best - start), labels_used and labels_used / the rankings the reward model was trained on.
 Then the same runs replayed (`guard.replay`, exact for an observe run) as if evaluated every 10
@@ -75,6 +75,12 @@ def start_run(base: Path, work: Path, recipe: Path, name: str, seed: int) -> sub
     print(f"start {name}-s{seed}: {' '.join(cmd)}", flush=True)
     with open(run / "regret.log", "a") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finished(run: Path) -> bool:
+    """The recipe recorded the PPO step as finished (guard.json is rewritten at every eval, so it is no sign)."""
+    state = run / "recipe-state.json"
+    return state.is_file() and "ppo" in json.loads(state.read_text())
 
 
 def rankings_trained_on(run: Path) -> int:
@@ -230,7 +236,7 @@ def main() -> None:
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     todo = [(n, s) for s in SEEDS for n in GOLDS if (a.only is None or f"{n}-s{s}" in a.only)]
-    todo = [(n, s) for n, s in todo if not (a.work / f"{n}-s{s}" / "ppo" / "guard.json").is_file()]
+    todo = [(n, s) for n, s in todo if not finished(a.work / f"{n}-s{s}")]
     if not a.table_only and todo:
         recipe = trimmed_recipe(a.work)
         running: list[tuple[str, float, subprocess.Popen]] = []
@@ -247,7 +253,7 @@ def main() -> None:
                     print(f"done {item[0]}: rc {item[2].returncode}, {walls[item[0]]:.0f} s", flush=True)
                     old = json.loads((a.work / "walls.json").read_text()) if (a.work / "walls.json").is_file() else {}
                     (a.work / "walls.json").write_text(json.dumps({**old, **walls}, indent=1))
-    done = [(n, s) for s in SEEDS for n in GOLDS if (a.work / f"{n}-s{s}" / "ppo" / "guard.json").is_file()]
+    done = [(n, s) for s in SEEDS for n in GOLDS if finished(a.work / f"{n}-s{s}")]
     sys.path.insert(0, str(HERE))
     result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base)}
     walls_path = a.work / "walls.json"
@@ -259,7 +265,7 @@ def main() -> None:
         result[f"every{every}_checks{k or 12}"] = {"what": what, "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "regret.json").write_text(json.dumps(result, indent=1))
-    if (a.work / a.plot_run / "ppo" / "guard.json").is_file():
+    if finished(a.work / a.plot_run):
         plot(a.work / a.plot_run, a.out / "regret.png")
         print(f"plot: {a.out / 'regret.png'}")
 
