@@ -7,7 +7,8 @@ For each hidden person (the joke gold and the three in benchmarks/golds.py) and 
 re-runs the demo's RLHF steps (rankings by that person -> reward model -> PPO, guard = observe,
 40 steps, eval every 5) in WORK/NAME-sSEED, a copy of BASE's world/, tokenizer/ and sft/ (a
 finished `rlhfkit demo` run: pre-training and SFT are not repeated), two runs at a time; a run
-whose PPO step finished (WORK/NAME-sSEED/recipe-state.json) is not run again (the script resumes). Then per run: the guard's stop
+whose PPO step finished (WORK/NAME-sSEED/recipe-state.json) is not run again (the script
+resumes; an interrupted run starts its unfinished step again). Then per run: the guard's stop
 and shipped step, gold at start / best / shipped over the eval steps, regret = (best - shipped) /
 (best - start), labels_used and labels_used / the rankings the reward model was trained on.
 Then the same runs replayed (`guard.replay`, exact for an observe run) as if evaluated every 10
