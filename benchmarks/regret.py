@@ -150,6 +150,7 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
             "gold_start": start, "gold_best": best, "gold_best_step": max(gold, key=gold.get),
             "gold_shipped": gold[shipped], "regret": (best - gold[shipped]) / (best - start) if best > start else None,
             "labels_used": used, "rm_rankings": trained, "labels_frac": used / trained,
+            "rm_heldout_accuracy": json.loads((run / "rm" / "eval.json").read_text())["metrics"]["rm/accuracy"],
             "gold_by_step": gold, "proxy_by_step": {e["step"]: e["proxy"] for e in evals},
             "kl_by_step": {e["step"]: e["kl"] for e in evals},
             "win_by_step": {e["step"]: e["win_rate"] for e in evals}}
@@ -159,12 +160,12 @@ def table(rows: list[dict]) -> str:
     def f(x, fmt="{:.3f}"):
         return "-" if x is None else fmt.format(x)
     out = [(f"{'run':<12} {'stop':>4} {'ship':>4} {'g_start':>7} {'g_best':>6}@{'st':<2} {'g_ship':>6} "
-            f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5}")]
+            f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5} {'RMacc':>5}")]
     for r in rows:
         out.append(f"{r['run']:<12} {f(r['stop_step'], '{}'):>4} {r['shipped_step']:>4} {r['gold_start']:7.3f} "
                    f"{r['gold_best']:6.3f}@{r['gold_best_step']:<2} {r['gold_shipped']:6.3f} "
                    f"{f(r['regret'], '{:.2f}'):>6} {r['labels_used']:>6} {r['rm_rankings']:>5} "
-                   f"{r['labels_frac']:5.2f}")
+                   f"{r['labels_frac']:5.2f} {r['rm_heldout_accuracy']:5.2f}")
     regs = [r["regret"] for r in rows if r["regret"] is not None]
     if regs:
         out.append(f"mean regret {statistics.fmean(regs):.3f}, worst {max(regs):.3f} ({len(regs)} runs); "
