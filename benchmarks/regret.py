@@ -16,8 +16,8 @@ steps (the demo's eval_every), and every 10 steps with only 6 of the 12 spot che
 (rebuilt from the run's spot-check store: the labels budget); see VIEWS.
 
 Writes benchmarks/results/regret.json and benchmarks/results/regret.png (gold and proxy vs step
-and vs KL for --plot-run, default joke-s1). The guard's rules are the defaults; nothing here
-tunes them.
+and vs KL for --plot-run, default punchy-s0: the run of this set where gold peaks, then falls
+while the proxy stays high). The guard's rules are the defaults; nothing here tunes them.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--only", nargs="*", help="run names (e.g. joke-s0) to run; default all")
     p.add_argument("--table-only", action="store_true", help="no runs: the table from what exists")
-    p.add_argument("--plot-run", default="joke-s1")
+    p.add_argument("--plot-run", default="punchy-s0")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     a.work = a.work.resolve()
