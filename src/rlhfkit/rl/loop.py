@@ -1,6 +1,6 @@
 """The one RL step loop that ppo, grpo and rloo share; a stage adds only its `Algorithm`.
 
-    loop.run(cfg, Algorithm(name="grpo", advantages=..., loss=...), guard=None)
+    loop.run(cfg, Algorithm(name="grpo", advantages=..., loss=...), make_guard=None)
 
 Each step: the prompts of step s (`batch_indices`: a pure function of seed and s) -> `collect`
 (G samples each, scored, old/ref logprobs and values, all-gathered) -> the algorithm's
