@@ -84,3 +84,36 @@ def tiny_base(tiny_data, tiny_tokenizer, tmp_path_factory) -> Path:
     rlhfkit("pretrain", "--set", f"data={tiny_data['corpus']}", "--set", f"tokenizer={tiny_tokenizer}",
             "--set", f"out={out}", "--set", "max_steps=20", *[x for s in TINY_PRETRAIN for x in ("--set", s)])
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's in-process runs: on 2 shared cores, 2 OpenMP threads spin
+    against the other jobs, and reductions then add in one fixed order, so numbers repeat.
+    `distributed.setup()` sets the thread count on every run; within the module that call is held."""
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp.setattr(torch, "set_num_threads", lambda n: None)
+    yield
+    mp.undo()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A tiny random causal LM (seed 0, 2 layers of 32) with the test tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from rlhfkit.models import tiny_llama_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(len(tok), d_model=32, n_layers=2, n_heads=2, max_seq_len=128))
+    out = tmp_path_factory.mktemp("lm") / "lm"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -36,6 +36,9 @@ FAST = ["batch_size=8", "micro_batch_size=4", "learning_rate=1e-2", "warmup_step
         "max_seq_len=64", "max_prompt_len=32", "save_every=0", "threads=1", "beta=0.5"]
 LN2 = math.log(2)
 
+# one intra-op thread for the whole module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _rankings(n: int, seed: int = 0, k: int = 2) -> list[dict]:
     r = random.Random(seed)
@@ -53,32 +56,9 @@ def _write(path: Path, records: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for in-process runs (see test_reward.py: 2 threads on 2 shared cores spin)."""
-    mp = pytest.MonkeyPatch()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp.setattr(torch, "set_num_threads", lambda n: None)
-    yield
-    mp.undo()
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def lm(tiny_tokenizer, tmp_path_factory) -> Path:
-    """A tiny random causal LM with the test tokenizer."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from rlhfkit.models import tiny_llama_config
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(len(tok), d_model=32, n_layers=2, n_heads=2, max_seq_len=128))
-    out = tmp_path_factory.mktemp("lm") / "lm"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def lm(tiny_lm) -> Path:
+    return tiny_lm
 
 
 def _run(lm: Path, out: Path, data, *sets: str) -> Path:

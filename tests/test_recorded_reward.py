@@ -49,17 +49,8 @@ RECORDED = {
         "eval": [1.0, 0.41201377567455255, 0.8090352416038513, 0.19362647831439972]},
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: reductions then add in one fixed order, so the numbers repeat."""
-    mp = pytest.MonkeyPatch()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp.setattr(torch, "set_num_threads", lambda n: None)
-    yield
-    mp.undo()
-    torch.set_num_threads(before)
+# one intra-op thread for the whole module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

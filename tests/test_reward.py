@@ -25,6 +25,9 @@ ANIMALS = ["cat", "dog", "pelican", "owl", "frog", "horse"]
 FAST = ["batch_size=8", "micro_batch_size=4", "learning_rate=3e-3", "warmup_steps=1", "log_every=1",
         "eval_every=0", "max_seq_len=64", "save_every=0"]
 
+# one intra-op thread for the whole module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _rankings(n: int, seed: int = 0) -> list[dict]:
     r = random.Random(seed)
@@ -41,34 +44,9 @@ def _write(path: Path, records: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 OpenMP threads spin against the other jobs and
-    tiny models run several times slower. `distributed.setup()` sets the thread count to the
-    core count on every run; within this module that call is held at 1."""
-    mp = pytest.MonkeyPatch()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp.setattr(torch, "set_num_threads", lambda n: None)
-    yield
-    mp.undo()
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def lm(tiny_tokenizer, tmp_path_factory) -> Path:
-    """A tiny random causal LM with the test tokenizer (the RM's starting point)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from rlhfkit.models import tiny_llama_config
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(len(tok), d_model=32, n_layers=2, n_heads=2, max_seq_len=128))
-    out = tmp_path_factory.mktemp("lm") / "lm"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def lm(tiny_lm) -> Path:
+    return tiny_lm
 
 
 def _run(lm: Path, out: Path, data, *sets: str) -> Path:
