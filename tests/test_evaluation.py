@@ -196,3 +196,11 @@ def test_eval_refuses_missing_model_and_math_without_answers(two_models, tmp_pat
     assert _eval(two_models, plain, tmp_path / "out") == 2
     assert "has no 'answer' field" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_takes_home_relative_model_paths(two_models, tmp_path, monkeypatch):
+    # a recipe names the pulled model as ~/.cache/rlhfkit/models/...: no shell expands it
+    monkeypatch.setenv("HOME", str(Path(two_models[0]).parent))
+    models = ["~/m0", "~/m1"]
+    assert _eval(models, _prompts(tmp_path), tmp_path / "out") == 0
+    assert list(json.loads((tmp_path / "out" / "eval.json").read_text())) == models  # named as given

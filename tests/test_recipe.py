@@ -400,3 +400,38 @@ def test_demo_cli_takes_labeler_and_seed_and_only_rlhf_steps_use_them():
     assert "--labeler MODULE:FUNCTION" in h and "--seed SEED" in h and "--human" in h and "--port PORT" in h
     r = rlhfkit("demo", "--run", "/nonexistent/x", "--labeler", "nowhere_xyz:fn", check=False)
     assert r.returncode == 2 and "cannot import module" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_the_smollm2_recipe_names_only_keys_its_stages_have():
+    # the real-model recipe runs for most of an hour: a misspelt key must fail here, not 20 minutes in
+    import importlib
+    import tomllib
+    from importlib.resources import files
+
+    from rlhfkit.cli import COMMANDS
+    from rlhfkit.config import config_from_dict
+    from rlhfkit.feedback.cli import FillConfig
+    from rlhfkit.recipe import STEP_KEYS, _substitute, load_recipe
+    from rlhfkit.rl.config import check_sizes
+
+    packaged = Path(str(files("rlhfkit") / "recipes" / "smollm2-pelican-jokes.toml"))
+    assert packaged.read_text() == (Path(__file__).parent.parent / "recipes" / "smollm2-pelican-jokes.toml").read_text()
+    run, _, steps, env, eta = load_recipe(packaged, None, [])
+    assert run == "runs/smollm2-pelican-jokes" and env["labeler"] == "rlhfkit.rewards.gold:joke"
+    assert set(eta) == set(steps)  # every step has an estimate
+    assert list(steps)[-1] == "report" and steps["eval_jokes"]["after"] == ["ppo", "dpo"]
+    configs = {}
+    for name, raw in steps.items():
+        module = importlib.import_module(COMMANDS[raw.get("stage", name)][0])
+        if hasattr(module, "STAGES"):
+            module = module.STAGES[raw.get("stage", name)]
+        keys = {k: _substitute(v, env) for k, v in raw.items() if k not in STEP_KEYS}  # {run} {seed}, as run_recipe
+        if hasattr(module, "Config"):
+            configs[name] = config_from_dict(module.Config, keys, f"[{name}]", stage=name)  # unknown key: UserError
+        else:
+            assert not keys, name
+    sets = _substitute(steps["feedback"]["args"], env)[2::2]  # fill --set k=v ...
+    fill = config_from_dict(FillConfig, {}, "[feedback]", sets=sets)
+    assert (fill.k, fill.max_prompts) == (4, 64)
+    assert all(configs[n].lora for n in ("reward", "ppo", "dpo"))
+    assert check_sizes(configs["ppo"], 1) == 16  # 8 prompts x 2 samples, split in 2 minibatches

@@ -251,7 +251,7 @@ def _check(cfg: Config):
     if len(set(cfg.models)) != len(cfg.models):
         raise UserError(f"models: a model is listed twice ({', '.join(cfg.models)})")
     for m in cfg.models:
-        if not Path(m).exists():
+        if not Path(m).expanduser().exists():  # ~/.cache/rlhfkit/models/...: loading expands it too
             raise UserError(f"models: {m} not found")
     baseline = cfg.baseline or cfg.models[0]
     if baseline not in cfg.models:
