@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
+from rlhfkit.threads import Tuner
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices,
@@ -123,6 +124,7 @@ def run(cfg: Config) -> None:
         return distributed.all_reduce_sum(s) / max(1.0, distributed.all_reduce_sum(n))
 
     bar = progress(cfg.max_steps, step, "pretrain")
+    tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
     timer = Timer()
     while step < cfg.max_steps:
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
@@ -137,12 +139,13 @@ def run(cfg: Config) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        dt = timer.lap()
+        dt, threads = timer.lap(), torch.get_num_threads()
         tokens_per_s = cfg.batch_size * cfg.block_size / dt
+        tuner.tick(dt, cfg.batch_size * cfg.block_size)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                   "time/step_s": dt, "time/tokens_per_s": tokens_per_s}
+                   "time/step_s": dt, "time/tokens_per_s": tokens_per_s, "time/threads": threads}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
             if n_eval:
                 metrics["eval/loss"] = evaluate()
