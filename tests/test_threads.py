@@ -26,7 +26,7 @@ def test_a_jump_probes_one_thread_and_keeps_it_when_faster():
     # a busy process arrived -> probe 1 thread; it runs at 2.0, and 2.0 * 1.1 < 6.0 -> keep 1
     seen, s = run([1.0, 1.1, 6.0, 2.0])
     assert seen == [2, 2, 1, 1]
-    assert s == ThreadState(1, baseline=2.0)
+    assert s == ThreadState(1, baseline=2.0, every=30)  # a probe that wins keeps the usual interval
 
 
 def test_a_drop_probes_all_threads_again():
@@ -34,15 +34,16 @@ def test_a_drop_probes_all_threads_again():
     # threads; 0.6 * 1.1 < 1.2 -> keep 2, baseline 0.6
     seen, s = run([2.0, 1.2, 0.6], start=1)
     assert seen == [1, 2, 2]
-    assert s == ThreadState(2, baseline=0.6)
+    assert s == ThreadState(2, baseline=0.6, every=30)
 
 
 def test_a_probe_that_loses_goes_back_with_the_new_rate():
     # 2 threads, 1.0; a burst to 2.0 (2x) -> probe 1 thread at 2.1: not faster -> back to 2
-    # threads, whose baseline is now the rate measured before the probe (2.0)
+    # threads, whose baseline is now the rate measured before the probe (2.0); the lost probe
+    # doubles the interval to the next periodic one (30 -> 60)
     seen, s = run([1.0, 2.0, 2.1])
     assert seen == [2, 1, 2]
-    assert s == ThreadState(2, baseline=2.0)
+    assert s == ThreadState(2, baseline=2.0, every=60)
     # a probe must win by the margin: 1.9 * 1.1 = 2.09 > 2.0 -> back to 2 threads
     assert run([1.0, 2.0, 1.9])[0] == [2, 1, 2]
 
@@ -53,6 +54,23 @@ def test_steady_rates_reprobe_every_n_and_noise_does_not():
     # reprobe_every=3: baseline, then 2 settled measurements, the third starts a probe
     seen, s = run([1.0, 1.0, 1.0, 1.0], reprobe_every=3)
     assert seen == [2, 2, 2, 1] and s.probe == (2, 1.0)
+
+
+def test_probes_only_where_they_can_win():
+    # on 1 thread, more load (3x slower) never makes 2 threads pay: no probe; on 2 threads,
+    # a faster rate (load left) never makes 1 thread pay: no probe
+    assert run([1.0, 3.0, 3.0], start=1)[0] == [1, 1, 1]
+    assert run([1.0, 0.3], start=2)[0] == [2, 2]
+
+
+def test_losing_periodic_probes_back_off():
+    # reprobe_every=2: baseline, 1 settled, then a probe (1 thread, 3.0: loses) -> back to 2 with
+    # every = 4: 3 settled measurements, then the next probe
+    seen, s = run([1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0], reprobe_every=2)
+    assert seen == [2, 2, 1, 2, 2, 2, 2, 1]
+    assert s.every == 4 and s.probe == (2, 1.0)
+    # the interval stops doubling at max_backoff x reprobe_every
+    assert next_threads(ThreadState(1, probe=(2, 1.0), every=8), 3.0, 2, reprobe_every=2, max_backoff=4).every == 8
 
 
 def test_one_core_never_switches():

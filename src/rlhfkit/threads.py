@@ -7,8 +7,8 @@ the 2-thread step runs 6-17x slower (pretrain 6,900 -> 700 tokens/s, measured he
 1-thread step loses only its share of a core. The start-up probe (`distributed.set_threads`)
 sees the machine as it was at start-up; the tuner notices when the step rate jumps (a
 process arrived) or drops (it left), tries the other thread count for one measurement, and
-keeps whichever was faster. It also re-tries every `reprobe_every` measurements, since a
-1-thread run cannot see that the machine went quiet (its rate barely changes).
+keeps whichever was faster. It also re-tries now and then (backing off while the tries
+lose), since a 1-thread run may barely see the machine go quiet.
 
 Only with `threads = 0` (auto): a pinned thread count is the user's, and is what a bitwise
 reproducible run needs (matmul sums split differently over 1 and 2 threads).
@@ -32,32 +32,39 @@ class ThreadState:
     baseline: float = 0.0  # settled seconds per unit at `threads` (0: none yet)
     probe: tuple[int, float] | None = None  # trying the other count: (threads, rate) before the switch
     since: int = 0  # settled measurements since the last probe
+    every: int = 0  # settled measurements between periodic probes (0: reprobe_every; doubles when one loses)
 
 
 def next_threads(state: ThreadState, rate: float, most: int, jump: float = 1.5, margin: float = 1.1,
-                 reprobe_every: int = REPROBE_EVERY) -> ThreadState:
+                 reprobe_every: int = REPROBE_EVERY, max_backoff: int = 16) -> ThreadState:
     """The thread count after one measurement of `rate` (seconds per unit of work, lower is
     faster) made at `state.threads`; pure, so it is tested on sequences of numbers.
 
-    Settled: a rate over `jump` x the baseline (or under baseline / `jump`), or
-    `reprobe_every` settled measurements, starts a probe: the next measurement runs on the
-    other count (1 <-> most). After the probe the faster of the two is kept, the probed count
-    only when it wins by `margin` (no flip-flopping on noise), and its rate is the new
-    baseline. The baseline follows slow drift by an exponential average (weight 0.2).
+    Settled on `most` threads, a rate over `jump` x the baseline (a process arrived) starts a
+    probe of 1 thread; settled on 1, a rate under baseline / `jump` (one left) starts a probe of
+    `most`. (The other way round the probe would only be slower: more load never makes more
+    threads pay, less load never makes fewer.) Every `every` settled measurements a probe
+    starts anyway. A probe is one measurement on the other count; then the faster of the two
+    is kept, the probed count only when it wins by `margin` (no flip-flopping on noise), and
+    its rate is the new baseline. A probe that loses doubles `every` (up to `max_backoff` x
+    reprobe_every: on a loaded machine a 2-thread probe can cost ~10 steps' time), one that
+    wins resets it. The baseline follows slow drift by an exponential average (weight 0.2).
     """
     if most <= 1:
         return state
+    every = state.every or reprobe_every
     if state.probe is not None:
         before_threads, before_rate = state.probe
         if rate * margin < before_rate:
-            return ThreadState(state.threads, rate)
-        return ThreadState(before_threads, before_rate)
+            return ThreadState(state.threads, rate, every=reprobe_every)
+        return ThreadState(before_threads, before_rate, every=min(2 * every, max_backoff * reprobe_every))
     if state.baseline == 0.0:
-        return replace(state, baseline=rate)
-    if rate > jump * state.baseline or rate * jump < state.baseline or state.since + 1 >= reprobe_every:
-        other = 1 if state.threads > 1 else most
-        return ThreadState(other, probe=(state.threads, rate))
-    return replace(state, baseline=0.8 * state.baseline + 0.2 * rate, since=state.since + 1)
+        return replace(state, baseline=rate, every=every)
+    arrived = state.threads > 1 and rate > jump * state.baseline
+    left = state.threads == 1 and rate * jump < state.baseline
+    if arrived or left or state.since + 1 >= every:
+        return ThreadState(1 if state.threads > 1 else most, probe=(state.threads, rate), every=every)
+    return replace(state, baseline=0.8 * state.baseline + 0.2 * rate, since=state.since + 1, every=every)
 
 
 # the most threads this process may use when its stage left `threads` at 0 (auto); 0: pinned
@@ -82,11 +89,15 @@ class Tuner:
         ...step...; tuner.tick(dt, tokens)
     """
 
-    def __init__(self, most: int, min_s: float | None = None, skip: int = 1, **policy):
+    def __init__(self, most: int, min_s: float | None = None, skip: int = 1, state: ThreadState | None = None,
+                 **policy):
+        """`state`: where an earlier tuner left off (the sampler's, from its previous call)."""
         self.most, self.skip = most, skip
         self.min_s = MIN_S if min_s is None else min_s
         self.policy = {"reprobe_every": REPROBE_EVERY, **policy}
-        self.state = ThreadState(torch.get_num_threads())
+        self.state = state if state is not None and most > 1 else ThreadState(torch.get_num_threads())
+        if self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)
         self.switches = 0
         self._s = self._units = 0.0
         self._t = None
