@@ -78,7 +78,9 @@ def micro_batch_split(batch_size: int, micro_batch_size: int, world: int) -> int
     """-> gradient-accumulation steps; the global batch must split evenly over ranks (and, with
     a fixed micro_batch_size, into micro-batches; 0: chosen per step by `micro_batch_sizes`, -> 0)."""
     per_rank, rem = divmod(batch_size, world)
-    if not micro_batch_size and not rem:
+    if not micro_batch_size:
+        if rem:
+            raise UserError(f"batch_size {batch_size} must be a multiple of the number of processes ({world})")
         return 0
     if rem or per_rank % micro_batch_size:
         raise UserError(
