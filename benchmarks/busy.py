@@ -6,7 +6,7 @@ a share of its quiet speed, with the old fixed threads beside threads = 0 (re-pr
 
 Parts (small models, built here; no downloads): pretrain at nanoGPT's CPU shape (4 layers,
 128 wide, block 64, batch 12), sft / reward / a grpo step on a 4-layer 256-wide Llama, and the
-sampler (16 rows x 256 new tokens per generate call, that model). Each part runs twice in its
+sampler (16 rows x 96 new tokens per generate call, that model). Each part runs twice in its
 own process: `fixed` (threads = all cores for the whole run: what a stage that starts alone
 kept before) and `auto` (threads = 0: the start-up probe, then `rlhfkit.threads.Tuner`). The
 run goes quiet for --quiet-s seconds of steps, then a busy process (a 2-thread matmul loop)
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import table  # noqa: E402
+from _common import table
 
 BUSY = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(768, 768)\n"
         "while True:\n    a = (a @ a).clamp_(-1, 1)\n")
-MODEL = dict(d_model=256, n_layers=4, n_heads=4)
+MODEL = {"d_model": 256, "n_layers": 4, "n_heads": 4}
 
 
 # --------------------------------------------------------------------------- setup (once)
@@ -107,7 +107,7 @@ def sampler_worker(model: str, progress: str, threads: int) -> None:
     with open(progress, "a") as f:
         while True:
             before, t = torch.get_num_threads(), time.perf_counter()
-            r = generate(m, prompts, max_new_tokens=256, temperature=1.0, generator=g)
+            r = generate(m, prompts, max_new_tokens=96, temperature=1.0, generator=g)
             dt = time.perf_counter() - t
             f.write(json.dumps({"time/step_s": dt, "time/tokens_per_s": float(r.mask.sum()) / dt,
                                 "time/threads": before}) + "\n")
@@ -149,22 +149,25 @@ def one_run(part: str, mode: str, d: dict, work: Path, quiet_s: float, busy_s: f
         argv = stage_argv(part, d, out, threads)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("OMP_NUM_THREADS", None)  # the stage picks its own threads
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    busy, arrived_at, t0 = None, None, time.time()
+    err = work / f"{part}-{mode}.stderr"  # a file, not a pipe nobody reads while the run goes on
+    with err.open("w") as f:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=f)
+    busy, arrived_at, arrival_t, t0 = None, None, 0.0, time.time()
     try:
-        while True:
+        while time.time() - t0 < 2 * limit_s:  # a run whose steps never come: no figures
             time.sleep(0.1)
             if proc.poll() is not None:
-                raise SystemExit(f"{part} ({mode}) exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                raise SystemExit(f"{part} ({mode}) exited with {proc.returncode}: {err.read_text()[-2000:]}")
             rows = _lines(progress)
             spent = sum(r["time/step_s"] for r in rows[1:])
-            if busy is None and (spent >= quiet_s or time.time() - t0 > limit_s / 2) and len(rows) >= 3:
+            if busy is None and ((spent >= quiet_s and len(rows) >= 3)
+                                 or (time.time() - t0 > limit_s / 2 and len(rows) >= 2)):
                 busy = subprocess.Popen([sys.executable, "-c", BUSY], env=env)
-                arrived_at = len(rows)  # rows[arrived_at] is the step in flight: neither phase
+                arrived_at, arrival_t = len(rows), time.time()  # rows[arrived_at]: the step in flight, neither phase
             if busy is not None:
                 after = rows[arrived_at + 1:]
-                if (after and sum(r["time/step_s"] for r in after) >= busy_s and len(after) >= 2) \
-                        or time.time() - t0 > limit_s:
+                if (sum(r["time/step_s"] for r in after) >= busy_s and len(after) >= 2) \
+                        or time.time() - arrival_t > limit_s / 2:
                     break
     finally:
         proc.kill()
@@ -173,9 +176,13 @@ def one_run(part: str, mode: str, d: dict, work: Path, quiet_s: float, busy_s: f
             busy.kill()
             busy.wait()
     rows = _lines(progress)
+    if arrived_at is None:
+        raise SystemExit(f"{part} ({mode}): fewer than 2 steps in {2 * limit_s:.0f} s")
     quiet, after = rows[1:arrived_at], rows[arrived_at + 1:]
-    speed = lambda rs: sum(_units(r) for r in rs) / sum(r["time/step_s"] for r in rs) if rs else float("nan")  # noqa: E731
+    # no step finished after the arrival (the old 2-thread step under load can take minutes): 0
+    speed = lambda rs: sum(_units(r) for r in rs) / sum(r["time/step_s"] for r in rs) if rs else 0.0
     return {"quiet": speed(quiet), "busy": speed(after), "quiet_steps": len(quiet), "busy_steps": len(after),
+            "busy_wall_s": time.time() - arrival_t,
             "threads_quiet": sorted({r.get("time/threads") for r in quiet}, key=str),
             "threads_busy": [r.get("time/threads") for r in after]}
 
@@ -189,7 +196,8 @@ def main() -> None:
     p.add_argument("--modes", default="fixed,auto")
     p.add_argument("--quiet-s", type=float, default=8.0, help="seconds of quiet steps before the busy process")
     p.add_argument("--busy-s", type=float, default=15.0, help="seconds of steps after it arrives")
-    p.add_argument("--limit-s", type=float, default=55.0, help="wall limit per run")
+    p.add_argument("--limit-s", type=float, default=55.0,
+                   help="wall time per run: the busy process arrives by half of it, the run ends a half after")
     p.add_argument("--work", default="", help="scratch dir (default: a temporary one)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--sampler-worker", nargs=3, help=argparse.SUPPRESS)

@@ -57,7 +57,7 @@ def test_token_budget_split_matches_one_forward(reduction):
         spec = UpdateSpec(ppo_epochs=1, num_minibatches=1, micro_batch_size=0, grad_clip=0.0, seed=0,
                           micro_batch_tokens=budget)
         mbs = micro_batches(exp, rows, totals, tensors, spec)
-        loss_fn = lambda m, mb: clipped_loss(m, mb, kl_coef=0.1, name="grpo", clip=0.2, clip_high=0.0,  # noqa: E731
+        loss_fn = lambda m, mb: clipped_loss(m, mb, kl_coef=0.1, name="grpo", clip=0.2, clip_high=0.0,
                                              reduction=reduction, max_len=6, temperature=1.0)
         loss, _ = backward_micro_batches(model, mbs, loss_fn, world=1)
         return len(mbs), loss, [p.grad.clone() for p in model.parameters()]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-
 MIN_S = 0.5  # a measurement pools steps until they span this long (a few OS time slices)
 REPROBE_EVERY = 30  # settled measurements between probes when nothing jumps
 
