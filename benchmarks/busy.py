@@ -73,8 +73,8 @@ def setup(work: Path) -> dict:
 
 
 def stage_argv(part: str, d: dict, out: Path, threads: int) -> list[str]:
-    common = [f"out={out}", f"threads={threads}", "log_every=1", "eval_every=0", "save_every=0",
-              "max_steps=100000"]
+    common = [f"out={out}", f"threads={threads}", "eval_every=0", "save_every=0", "max_steps=100000"]
+    common += [] if part == "grpo" else ["log_every=1"]  # the RL loop logs every step anyway
     sets = {
         "pretrain": [f"data={d['corpus']}", f"tokenizer={d['tokenizer']}", "d_model=128", "n_layers=4",
                      "n_heads=4", "block_size=64", "batch_size=12", "micro_batch_size=12", "warmup_steps=1"],
