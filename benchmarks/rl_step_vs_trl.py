@@ -2,6 +2,13 @@
 
     python benchmarks/rl_step_vs_trl.py --steps 6 --out rl_step_vs_trl.json
     python benchmarks/rl_step_vs_trl.py --only rlhfkit --steps 4      # one side only
+    python benchmarks/rl_step_vs_trl.py --defaults --steps 4         # rlhfkit with its defaults
+
+--defaults runs `rlhfkit grpo` as the performance issue's command does: only the setting
+below plus what every run names (model, prompts, reward, out, max_steps), so micro-batches
+(micro_batch_size 0: from micro_batch_tokens), threads (0: probe, then follow the load) and
+the loss reduction are rlhfkit's defaults; beside it the same with micro_batch_size=8 (the
+default before 2026-12-01), and TRL as below with --threads.
 
 The setting (the performance issue's): SmolLM2-135M-Instruct (`rlhfkit models pull`; a random
 model of the same shape where the pull is unavailable), 2 prompts x 8 samples per step, at most
@@ -20,7 +27,9 @@ reported, as step 1 pays one-time warm-up costs.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -91,22 +100,27 @@ def worker_trl(model: str, steps: int, threads: int, grad_ckpt: bool, work: Path
     return {"step_s": times}
 
 
-def worker_rlhfkit(model: str, steps: int, threads: int, work: Path) -> dict:
+def worker_rlhfkit(model: str, steps: int, threads: int, work: Path, defaults: bool = False,
+                   micro_batch_size: int = 0) -> dict:
     from rlhfkit.cli import main
 
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    out = work / "rlhfkit"
+    out = work / f"rlhfkit{micro_batch_size or ''}"
     sets = {"model": model, "prompts": str(prompts), "out": str(out), "reward": "rl_step_vs_trl:rlhfkit_reward",
-            "max_steps": steps, "micro_batch_size": 16, "threads": threads, "loss_reduction": "sequence",
-            "eval_every": 0, "seed": 0, **SETTING}
+            "max_steps": steps, **SETTING}
+    if not defaults:
+        sets.update({"micro_batch_size": 16, "threads": threads, "loss_reduction": "sequence", "eval_every": 0,
+                     "seed": 0})
+    if micro_batch_size:
+        sets["micro_batch_size"] = micro_batch_size
     argv = ["grpo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     if main(argv):
         raise SystemExit("rlhfkit grpo failed")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/step_s" in r]
     return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
-            "train_s": [r["time/train_s"] for r in rows]}
+            "train_s": [r["time/train_s"] for r in rows], "threads": [r.get("time/threads") for r in rows]}
 
 
 # --------------------------------------------------------------------------- main
@@ -114,12 +128,14 @@ def worker_rlhfkit(model: str, steps: int, threads: int, work: Path) -> dict:
 
 def main() -> None:
     p = side_by_side_parser(__doc__)
+    p.add_argument("--defaults", action="store_true", help="rlhfkit with its defaults (see above)")
+    p.add_argument("--micro-batch-size", type=int, default=0, help=argparse.SUPPRESS)
     a = parse_side_by_side(p)
 
     if a.worker:  # inside a child process
         work = Path(a.work)
         res = (worker_trl(a.model, a.steps, a.threads, a.trl_gradient_checkpointing, work) if a.worker == "trl"
-               else worker_rlhfkit(a.model, a.steps, a.threads, work))
+               else worker_rlhfkit(a.model, a.steps, a.threads, work, a.defaults, a.micro_batch_size))
         Path(a.result).write_text(json.dumps(res))
         return
 
@@ -129,12 +145,18 @@ def main() -> None:
         model, what = smollm2_or_random(work, a.model)
         print(f"model: {what}; {SETTING}; threads {a.threads}", flush=True)
         results = {}
-        for side in [a.only] if a.only else ["trl", "rlhfkit"]:
+        sides = [(s, s, []) for s in ([a.only] if a.only else ["trl", "rlhfkit"])]
+        if a.defaults and a.only != "trl":
+            sides.append(("rlhfkit mb8", "rlhfkit", ["--micro-batch-size", "8"]))
+        pythonpath = os.pathsep.join(x for x in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if x)
+        for name, side, extra in sides:
             args = ["--worker", side, "--model", model, "--steps", str(a.steps), "--threads", str(a.threads),
-                    "--work", str(work)] + (["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else [])
-            r = run_worker(__file__, args, work / f"{side}.json", env={"PYTHONPATH": str(Path(__file__).parent)})
+                    "--work", str(work)] + (["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []) \
+                + (["--defaults"] if a.defaults else []) + extra
+            r = run_worker(__file__, args, work / f"{name.replace(' ', '-')}.json", env={"PYTHONPATH": pythonpath})
             r["median_step_s"] = median(r["step_s"][1:])
-            results[side] = r
+            results[name] = r
+            print(f"{name}: median step {r['median_step_s']:.2f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
 
     rows = [[side, r["median_step_s"], min(r["step_s"][1:]), max(r["step_s"][1:]), r["peak_rss_mb"]]
             for side, r in results.items()]
@@ -144,12 +166,15 @@ def main() -> None:
         r = results["rlhfkit"]
         print(f"rlhfkit split (median of steps 2..N): rollout {median(r['rollout_s'][1:]):.2f} s, "
               f"train {median(r['train_s'][1:]):.2f} s")
-    summary = {"model": what, "setting": SETTING, "threads": a.threads, "steps": a.steps,
+    summary = {"model": what, "setting": SETTING, "threads": a.threads, "steps": a.steps, "defaults": a.defaults,
                "trl_gradient_checkpointing": a.trl_gradient_checkpointing, "results": results,
                "date": time.strftime("%Y-%m-%d")}
-    if len(results) == 2:
+    if "trl" in results and "rlhfkit" in results:
         summary["speedup"] = results["trl"]["median_step_s"] / results["rlhfkit"]["median_step_s"]
-        print(f"rlhfkit is {summary['speedup']:.2f}x faster per step than TRL (target: >= 3x)")
+        print(f"rlhfkit is {summary['speedup']:.2f}x faster per step than TRL (target: >= 2.5x with the defaults)")
+    if "rlhfkit mb8" in results:
+        summary["speedup_over_mb8"] = results["rlhfkit mb8"]["median_step_s"] / results["rlhfkit"]["median_step_s"]
+        print(f"the defaults are {summary['speedup_over_mb8']:.2f}x faster per step than micro_batch_size=8")
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1))
 

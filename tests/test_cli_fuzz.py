@@ -124,10 +124,12 @@ CASES = [
     (["pretrain", *S("learning_rate=nan")], "learning_rate must be a finite number"),
     (["sft", *S("learning_rate=inf")], "learning_rate must be a finite number"),
     (["grpo", *S("learning_rate=0")], "learning_rate must be > 0"),
-    (["pretrain", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
+    (["pretrain", *S("micro_batch_size=-1")], "micro_batch_size must be >= 0"),  # 0: from micro_batch_tokens
+    (["pretrain", *S("micro_batch_tokens=0")], "micro_batch_tokens must be >= 1"),
     (["sft", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
     (["reward", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
-    (["ppo", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
+    (["ppo", *S("micro_batch_size=-1")], "micro_batch_size must be >= 0"),  # 0: from micro_batch_tokens
+    (["grpo", *S("micro_batch_tokens=0")], "micro_batch_tokens must be >= 1"),
     (["pretrain", *S("block_size=0")], "block_size must be >= 1"),
     (["pretrain", *S("n_heads=3")], "n_heads=3 must divide d_model=256"),
     (["pretrain", *S("d_model=90")], "n_heads=4 must divide d_model=90"),

@@ -61,7 +61,7 @@ def _in(lo, hi, lo_open=False, hi_open=False):
 
 POSITIVE_INTS = {  # counts and sizes: 0 or less is nonsense (unless the help gives 0 a meaning)
     "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "block_size", "max_steps", "batch_size",
-    "micro_batch_size", "max_seq_len", "lora_r", "lora_alpha", "group_size", "prompts_per_step",
+    "micro_batch_size", "micro_batch_tokens", "max_seq_len", "lora_r", "lora_alpha", "group_size", "prompts_per_step",
     "max_new_tokens", "max_prompt_len", "ppo_epochs", "num_minibatches", "eval_batches", "eval_batch_size",
     "keep_checkpoints", "log_every", "eval_every", "save_every", "threads", "generation_batch_size",
     "eval_max_prompts", "max_prompts", "max_chars", "min_frequency", "k", "overlap", "ensemble",

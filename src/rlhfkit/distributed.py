@@ -33,12 +33,17 @@ def set_threads(model, threads: int = 0) -> int:
     Why measure: on a quiet 2-core machine 2 threads train a 2M-parameter Llama 1.8x faster
     than 1, but while another process holds a core, every matmul waits for the descheduled
     OpenMP worker and 2 threads run 6x *slower* (3,900 vs 600 tokens/s, measured here).
-    A 20-50 ms probe at start-up tells the two cases apart.
+    A 20-50 ms probe at start-up tells the two cases apart; with `threads` 0 the stage's
+    `rlhfkit.threads.Tuner` then follows the load as it changes (another process arriving).
     """
+    from rlhfkit import threads as tuning
+
+    most = 0
     if not threads:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
         most = max(1, (os.cpu_count() or 1) // local_world)
         threads = most if most == 1 else _faster_threads(model, most)
+    tuning.mark_auto(most)
     torch.set_num_threads(threads)
     return threads
 

@@ -95,6 +95,7 @@ def _make_runner(model, hf, batch: int, max_len: int):
 SHARED_PREFILL = True  # prefill each distinct prompt row once (False: every row, for comparisons)
 COMPACT_AT = 0.75  # stop stepping finished rows once at most this fraction of the rows still runs
 SINGLE_THREAD_FLOPS = 16e6  # decode steps under this many FLOPs (2 x params x batch) run on one thread
+_TUNED: dict = {}  # the thread tuner's state between generate calls (with threads = 0)
 
 
 def _generate_torch(model, ids, mask, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
@@ -103,20 +104,23 @@ def _generate_torch(model, ids, mask, *, max_new_tokens, temperature, top_p, top
     B = ids.shape[0]
     threads = torch.get_num_threads()
     n_params = sum(p.numel() for p in hf.parameters())
-    if ids.device.type == "cpu" and 2 * n_params * B < SINGLE_THREAD_FLOPS:
+    tiny = 2 * n_params * B < SINGLE_THREAD_FLOPS
+    if ids.device.type == "cpu" and tiny:
         # a decode step this small is all thread hand-offs: one thread is faster (up to 6x on
         # 2 shared cores, where a descheduled OpenMP worker stalls every matmul)
         torch.set_num_threads(1)
     try:
         return _decode(model, hf, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, top_k=top_k, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
-                       generator=generator)
+                       generator=generator, tune=ids.device.type == "cpu" and not tiny)
     finally:
         torch.set_num_threads(threads)
 
 
 def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
-            pad_token_id, generator) -> Rollout:
+            pad_token_id, generator, tune: bool = False) -> Rollout:
+    from rlhfkit.threads import Tuner
+
     B, P = ids.shape
     runner = _make_runner(model, hf, B, P + max_new_tokens)
     dev = ids.device
@@ -139,6 +143,11 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
     pad = torch.tensor(pad_token_id, device=dev)
     live = torch.arange(B, device=dev)  # the batch row of each row the runner still steps
     steps = 0
+    # threads = 0 in the stage: a long decode re-probes 1 vs all threads when its step time
+    # jumps (another busy process arrived), as the training loops do (rlhfkit.threads); the
+    # next call starts where this one left off (a call that starts under load has no quiet
+    # baseline to see a jump from)
+    tuner = Tuner.auto(min_s=0.25, state=_TUNED.get("state")) if tune else None
     for t in range(max_new_tokens):
         tok, lp = sample_next(logits, temperature, top_p, top_k, generator)
         done = finished[live]  # finished rows not dropped yet: pad fed back in, masked
@@ -163,8 +172,14 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
             # (2-4 rows do gain: 37 vs 59 ms at 2 rows). The prefill keeps every thread;
             # _generate_torch restores the count.
             torch.set_num_threads(1)
+            if tuner is not None:
+                _TUNED["state"], tuner = tuner.state, None
+        if tuner is not None:
+            tuner.lap()
         logits = runner.step(tok, pos)
         pos += 1
+    if tuner is not None:
+        _TUNED["state"] = tuner.state
     return Rollout(ids, mask, tokens[:, :steps], logprobs[:, :steps], out_mask[:, :steps], finished)
 
 

@@ -43,7 +43,9 @@ class _RLKeys:
     grad_clip: float = key(1.0, "clip the global gradient norm (0: off)")
     ppo_epochs: int = key(1, "passes over each rollout")
     num_minibatches: int = key(1, "optimizer steps per pass")
-    micro_batch_size: int = key(8, "rows per forward pass (gradient accumulation)")
+    micro_batch_size: int = key(0, "rows per forward pass (gradient accumulation); 0: from micro_batch_tokens")
+    micro_batch_tokens: int = key(2048, "with micro_batch_size = 0, padded [prompt | response] tokens per forward pass: "
+                                        "rows = tokens // the batch's padded length, so memory follows the length")
     clip: float = key(0.2, "ratio clip eps")
     clip_high: float = key(0.0, "upper ratio clip (DAPO clip-higher; 0: same as clip)")
     kl_coef: float = key(0.05, "KL-to-reference coefficient (initial value with kl_controller = adaptive)")
@@ -92,17 +94,18 @@ class RolloutSpec:
     temperature: float  # the loss uses the same tempered distribution
     top_p: float
     generation_batch_size: int  # rows per generate call (resolved: never 0)
-    micro_batch_size: int  # rows per no-grad forward
+    micro_batch_size: int  # rows per no-grad forward (0: from micro_batch_tokens)
     seed: int
     backend: str  # generation backend: torch | hf
     missing_eos_penalty: float  # subtracted from the score of a completion that never ends
+    micro_batch_tokens: int = 2048  # padded tokens per forward when micro_batch_size is 0
 
     @classmethod
     def of(cls, cfg: RLConfig, world: int) -> RolloutSpec:
         B = cfg.prompts_per_step * cfg.group_size
         return cls(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                    max(1, cfg.generation_batch_size or B // world), cfg.micro_batch_size, cfg.seed, cfg.backend,
-                   cfg.missing_eos_penalty)
+                   cfg.missing_eos_penalty, cfg.micro_batch_tokens)
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,12 @@ class UpdateSpec:
     """How a step turns its rollout into optimizer steps."""
     ppo_epochs: int  # passes over the rollout
     num_minibatches: int  # optimizer steps per pass
-    micro_batch_size: int  # rows per forward/backward (gradient accumulation)
+    micro_batch_size: int  # rows per forward/backward (gradient accumulation; 0: from micro_batch_tokens)
     grad_clip: float  # global gradient norm (0: off)
     seed: int  # the minibatch order is a pure function of (seed, step, epoch)
+    micro_batch_tokens: int = 2048  # padded tokens per forward/backward when micro_batch_size is 0
 
     @classmethod
     def of(cls, cfg: RLConfig) -> UpdateSpec:
-        return cls(cfg.ppo_epochs, cfg.num_minibatches, cfg.micro_batch_size, cfg.grad_clip, cfg.seed)
+        return cls(cfg.ppo_epochs, cfg.num_minibatches, cfg.micro_batch_size, cfg.grad_clip, cfg.seed,
+                   cfg.micro_batch_tokens)

@@ -45,6 +45,7 @@ from rlhfkit.rl.evaluate import SamplesLog, evaluate
 from rlhfkit.rl.rollout import Experience, collect
 from rlhfkit.rl.setup import load_models, load_prompts
 from rlhfkit.rl.update import update
+from rlhfkit.threads import Tuner
 from rlhfkit.training import Checkpoints, MetricsLog, Timer, batch_indices, make_optimizer, progress, set_lr
 
 
@@ -135,8 +136,9 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
         log.log(0, first)
 
     bar = progress(cfg.max_steps, step, algo.name)
+    tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
     while step < cfg.max_steps and not stopped:
-        timer = Timer()
+        timer, threads = Timer(), torch.get_num_threads()
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
         module.eval()  # no dropout in the no-grad forwards
@@ -154,9 +156,10 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
         step += 1
 
         step_s = rollout_s + train_s
+        tuner.tick(step_s, float(exp.mask.sum()))
         metrics.update({"train/lr": lr, f"{algo.name}/kl_coef": kl_ctl.value, "time/step_s": step_s,
                         "time/rollout_s": rollout_s, "time/train_s": train_s,
-                        "time/tokens_per_s": float(exp.mask.sum()) / step_s})
+                        "time/tokens_per_s": float(exp.mask.sum()) / step_s, "time/threads": threads})
         if eval_records and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
             stopped = eval_and_guard(step, metrics)
             metrics["time/eval_s"] = timer.lap()

@@ -44,6 +44,22 @@ class Experience:
     values: torch.Tensor | None = None  # (B, T) critic at rollout time (PPO)
     sampler_logprobs: torch.Tensor | None = None  # (B, T) what the sampler reported
 
+    def padded_len(self, rows) -> int:
+        """Tokens per row of `inputs(rows)`: the longest prompt plus the longest response."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return max(len(self.prompt_ids[i]) for i in rows.tolist()) + int(self.mask[rows].sum(1).max())
+
+    def micro_batches(self, rows, micro_batch_size: int, token_budget: int) -> list[torch.Tensor]:
+        """`rows` in order, cut into micro-batches (`training.micro_batch_sizes`: fixed rows, or
+        from the token budget and these rows' padded length)."""
+        from rlhfkit.training import micro_batch_sizes
+
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if len(rows) == 0:
+            return []
+        sizes = micro_batch_sizes(len(rows), self.padded_len(rows), micro_batch_size, token_budget)
+        return list(torch.split(rows, sizes))
+
     def inputs(self, rows) -> dict:
         """Model inputs for `rows`: [left-padded prompt | response], trimmed to these rows' lengths.
 
@@ -181,9 +197,9 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
     # no-grad forwards over this rank's rows, in micro-batches
     n = len(local_rows)
     old_lp, ref_lp, values, ent = (torch.zeros(n, T) for _ in range(4))
-    for i in range(0, n, spec.micro_batch_size):
-        inp = local.inputs(range(i, min(n, i + spec.micro_batch_size)))
-        sl, t = slice(i, i + len(inp["rows"])), inp["T"]
+    for part in local.micro_batches(range(n), spec.micro_batch_size, spec.micro_batch_tokens):
+        inp = local.inputs(part)
+        sl, t = slice(int(part[0]), int(part[-1]) + 1), inp["T"]
         if old_logprobs:
             logits = response_logits(policy, inp, spec.temperature)
             old_lp[sl, :t] = token_logprobs(logits, inp["input_ids"][:, -t:])

@@ -29,6 +29,18 @@ def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, tor
     return logprobs, lp, met
 
 
+def micro_batches(exp: Experience, rows: torch.Tensor, totals: dict, tensors: dict[str, torch.Tensor],
+                  spec: UpdateSpec) -> list[dict]:
+    """This rank's rows of a minibatch as loss_fn's micro-batches: model inputs, the global
+    minibatch's totals, and each (B, T) tensor sliced to the micro-batch's rows and length."""
+    mbs = []
+    for part in exp.micro_batches(rows, spec.micro_batch_size, spec.micro_batch_tokens):
+        inp = exp.inputs(part)
+        r, t = inp["rows"], inp["T"]
+        mbs.append({**inp, **totals, **{n: v[r, :t] for n, v in tensors.items()}})
+    return mbs
+
+
 def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[str, torch.Tensor],
            loss_fn: Callable, spec: UpdateSpec, step: int) -> dict:
     """spec.ppo_epochs x spec.num_minibatches optimizer steps over the rollout; -> mean metrics.
@@ -56,11 +68,7 @@ def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[
             rows = perm[k * mb_rows:(k + 1) * mb_rows]
             totals = {"rows_total": mb_rows, "tokens_total": int(exp.mask[rows].sum())}
             mine = rows[rank * share:(rank + 1) * share]
-            mbs = []
-            for i in range(0, share, spec.micro_batch_size):
-                inp = exp.inputs(mine[i:i + spec.micro_batch_size])
-                r, t = inp["rows"], inp["T"]
-                mbs.append({**inp, **totals, **{n: v[r, :t] for n, v in tensors.items()}})
+            mbs = micro_batches(exp, mine, totals, tensors, spec)
             loss, metrics = backward_micro_batches(train_model, mbs, loss_fn, world)
             grad_norm = clip_grad_norm(params, spec.grad_clip)
             optimizer.step()

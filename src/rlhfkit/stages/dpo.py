@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
+from rlhfkit.threads import Tuner
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
 from rlhfkit.models import kv_cache_kwargs, output_kv_cache
@@ -324,6 +325,7 @@ def run(cfg: Config) -> None:
         return {k.replace("dpo/", "eval/"): v for k, v in m.items()}
 
     bar = progress(max_steps, step, "dpo")
+    tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
     timer = Timer()
     metrics: dict = {}
     while step < max_steps:
@@ -342,12 +344,14 @@ def run(cfg: Config) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        dt = timer.lap()
+        dt, threads = timer.lap(), torch.get_num_threads()
         # tokens of the 2 x batch_size [prompt | response] sequences, as a plain forward would see them
         tokens = sum(2 * len(encoded[i][0]) + len(encoded[i][1]) + len(encoded[i][2]) for i in batch)
+        tuner.tick(dt, tokens)
         metrics = {k: distributed.all_reduce_sum(v) / world for k, v in mb_metrics.items()}
         metrics.update({"dpo/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "time/step_s": dt,
-                        "time/tokens_per_s": tokens / dt, "time/pairs_per_s": cfg.batch_size / dt})
+                        "time/tokens_per_s": tokens / dt, "time/pairs_per_s": cfg.batch_size / dt,
+                        "time/threads": threads})
         if ref_s is not None:
             metrics["time/ref_s"], ref_s = ref_s, None
         bar.update(1)

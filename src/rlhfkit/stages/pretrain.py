@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
+from rlhfkit.threads import Tuner
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices,
-                              clip_grad_norm, make_optimizer, micro_batch_split, progress, set_lr)
+                              clip_grad_norm, make_optimizer, micro_batch_sizes, micro_batch_split, progress,
+                              set_lr)
 
 
 @dataclass
@@ -39,7 +41,9 @@ class Config:
     # optimisation
     max_steps: int = key(1000, "optimizer steps")
     batch_size: int = key(32, "sequences per optimizer step, summed over all processes")
-    micro_batch_size: int = key(16, "sequences per forward pass; the rest is gradient accumulation")
+    micro_batch_size: int = key(0, "sequences per forward pass; the rest is gradient accumulation (0: from micro_batch_tokens)")
+    micro_batch_tokens: int = key(4096, "with micro_batch_size = 0, tokens per forward pass: block_size 256 -> 16 "
+                                        "sequences, 64 -> all of a batch up to 64")
     learning_rate: float = key(1e-3, "peak learning rate (AdamW)")
     min_lr_ratio: float = key(0.1, "the cosine decay ends at this fraction of the peak")
     warmup_steps: int = key(50, "linear warmup steps")
@@ -115,7 +119,8 @@ def run(cfg: Config) -> None:
     @torch.no_grad()
     def evaluate() -> float:
         model.eval()
-        mbs = eval_blocks.split(cfg.micro_batch_size)[: cfg.eval_batches]
+        mbs = eval_blocks.split(cfg.micro_batch_size or max(1, cfg.micro_batch_tokens // cfg.block_size))
+        mbs = mbs[: cfg.eval_batches]
         mine = mbs[rank::world]  # each rank a share, then sum
         s = sum(float(lm_loss(model(input_ids=mb, use_cache=False).logits, mb, torch.ones_like(mb, dtype=torch.bool))[0]) * len(mb) for mb in mine)
         n = sum(len(mb) for mb in mine)
@@ -123,6 +128,7 @@ def run(cfg: Config) -> None:
         return distributed.all_reduce_sum(s) / max(1.0, distributed.all_reduce_sum(n))
 
     bar = progress(cfg.max_steps, step, "pretrain")
+    tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
     timer = Timer()
     while step < cfg.max_steps:
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
@@ -130,19 +136,21 @@ def run(cfg: Config) -> None:
         idx = batch_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)
         per_rank = cfg.batch_size // world
         local = train_blocks[idx[rank * per_rank:(rank + 1) * per_rank]]
-        loss, _ = backward_micro_batches(ddp_model, local.split(cfg.micro_batch_size), loss_fn, world)
+        sizes = micro_batch_sizes(per_rank, cfg.block_size, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        loss, _ = backward_micro_batches(ddp_model, local.split(sizes), loss_fn, world)
         loss = distributed.all_reduce_sum(loss)
         grad_norm = clip_grad_norm(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        dt = timer.lap()
+        dt, threads = timer.lap(), torch.get_num_threads()
         tokens_per_s = cfg.batch_size * cfg.block_size / dt
+        tuner.tick(dt, cfg.batch_size * cfg.block_size)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                   "time/step_s": dt, "time/tokens_per_s": tokens_per_s}
+                   "time/step_s": dt, "time/tokens_per_s": tokens_per_s, "time/threads": threads}
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
             if n_eval:
                 metrics["eval/loss"] = evaluate()

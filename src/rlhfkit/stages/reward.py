@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
+from rlhfkit.threads import Tuner
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError, atomic_write_text
 from rlhfkit.rankings import bootstrap, load_rankings, prompt_key, split_by_prompt, usable
@@ -259,6 +260,7 @@ def run(cfg: Config) -> None:
                   f"{max_steps} steps per member" + (f", resuming at step {step}" if step else ""))
         log = MetricsLog(mdir, resume_step=step)
         bar = progress(max_steps, step, "reward" if cfg.ensemble == 1 else f"reward[{member}]")
+        tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
         timer, train_s = Timer(), 0.0
         while step < max_steps:
             lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
@@ -279,12 +281,13 @@ def run(cfg: Config) -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            dt = timer.lap()
+            dt, threads = timer.lap(), torch.get_num_threads()
             train_s += dt
+            tuner.tick(dt, sum(len(r) for r in batch))
             accuracy = distributed.all_reduce_sum(sum(accuracy_shares))  # the ranks' shares add up
             metrics = {"train/loss": loss, "train/accuracy": accuracy, "train/lr": lr,
                        "train/grad_norm": grad_norm, "time/step_s": dt, "time/train_s": train_s,
-                       "time/responses_per_s": sum(len(r) for r in batch) / dt}
+                       "time/responses_per_s": sum(len(r) for r in batch) / dt, "time/threads": threads}
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['train/accuracy']:.2f}", refresh=False)
             periodic = cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps  # the last: below

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
+from rlhfkit.threads import Tuner
 from rlhfkit.config import key, save_config
 from rlhfkit.files import UserError
 from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_batches, batch_indices,
@@ -175,6 +176,7 @@ def run(cfg: Config) -> None:
         return distributed.all_reduce_sum(s) / max(1.0, distributed.all_reduce_sum(n))
 
     bar = progress(max_steps, step, "sft")
+    tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
     timer = Timer()
     while step < max_steps:
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
@@ -192,12 +194,14 @@ def run(cfg: Config) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        dt = timer.lap()
+        dt, threads = timer.lap(), torch.get_num_threads()
         tokens = sum(len(ids) for ids, _ in batch)
+        tuner.tick(dt, tokens)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
         metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                   "train/target_tokens": n_targets, "time/step_s": dt, "time/tokens_per_s": tokens / dt}
+                   "train/target_tokens": n_targets, "time/step_s": dt, "time/tokens_per_s": tokens / dt,
+                   "time/threads": threads}
         if ((cfg.eval_every and step % cfg.eval_every == 0) or step == max_steps) and eval_set:
             metrics["eval/loss"] = evaluate()
         if step % cfg.log_every == 0 or step == max_steps or "eval/loss" in metrics:

@@ -1,0 +1,118 @@
+"""The thread policy: `next_threads` on sequences of step rates worked out by hand, the Tuner's
+pooling, and a real stage that switches thread counts while it runs (threads = 0)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rlhfkit import threads as tuning
+from rlhfkit.threads import ThreadState, Tuner, next_threads
+
+
+def run(rates, start=2, most=2, **kw):
+    """-> the thread count after each rate, and the final state."""
+    s, seen = ThreadState(start), []
+    for r in rates:
+        s = next_threads(s, r, most, **kw)
+        seen.append(s.threads)
+    return seen, s
+
+
+def test_a_jump_probes_one_thread_and_keeps_it_when_faster():
+    # 1.0 sets the baseline; 1.1 is within 1.5x (baseline 0.8 * 1.0 + 0.2 * 1.1 = 1.02); 6.0 > 1.5 x 1.02:
+    # a busy process arrived -> probe 1 thread; it runs at 2.0, and 2.0 * 1.1 < 6.0 -> keep 1
+    seen, s = run([1.0, 1.1, 6.0, 2.0])
+    assert seen == [2, 2, 1, 1]
+    assert s == ThreadState(1, baseline=2.0, every=30)  # a probe that wins keeps the usual interval
+
+
+def test_a_drop_probes_all_threads_again():
+    # settled on 1 thread at 2.0 s/unit; the busy process leaves: 1.2 < 2.0 / 1.5 -> probe 2
+    # threads; 0.6 * 1.1 < 1.2 -> keep 2, baseline 0.6
+    seen, s = run([2.0, 1.2, 0.6], start=1)
+    assert seen == [1, 2, 2]
+    assert s == ThreadState(2, baseline=0.6, every=30)
+
+
+def test_a_probe_that_loses_goes_back_with_the_new_rate():
+    # 2 threads, 1.0; a burst to 2.0 (2x) -> probe 1 thread at 2.1: not faster -> back to 2
+    # threads, whose baseline is now the rate measured before the probe (2.0); the lost probe
+    # doubles the interval to the next periodic one (30 -> 60)
+    seen, s = run([1.0, 2.0, 2.1])
+    assert seen == [2, 1, 2]
+    assert s == ThreadState(2, baseline=2.0, every=60)
+    # a probe must win by the margin: 1.9 * 1.1 = 2.09 > 2.0 -> back to 2 threads
+    assert run([1.0, 2.0, 1.9])[0] == [2, 1, 2]
+
+
+def test_steady_rates_reprobe_every_n_and_noise_does_not():
+    seen, _ = run([1.0, 1.2, 0.9, 1.3, 1.0], reprobe_every=100)  # all within 1.5x of the baseline
+    assert seen == [2] * 5
+    # reprobe_every=3: baseline, then 2 settled measurements, the third starts a probe
+    seen, s = run([1.0, 1.0, 1.0, 1.0], reprobe_every=3)
+    assert seen == [2, 2, 2, 1] and s.probe == (2, 1.0)
+
+
+def test_probes_only_where_they_can_win():
+    # on 1 thread, more load (3x slower) never makes 2 threads pay: no probe; on 2 threads,
+    # a faster rate (load left) never makes 1 thread pay: no probe
+    assert run([1.0, 3.0, 3.0], start=1)[0] == [1, 1, 1]
+    assert run([1.0, 0.3], start=2)[0] == [2, 2]
+
+
+def test_losing_periodic_probes_back_off():
+    # reprobe_every=2: baseline, 1 settled, then a probe (1 thread, 3.0: loses) -> back to 2 with
+    # every = 4: 3 settled measurements, then the next probe
+    seen, s = run([1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0], reprobe_every=2)
+    assert seen == [2, 2, 1, 2, 2, 2, 2, 1]
+    assert s.every == 4 and s.probe == (2, 1.0)
+    # the interval stops doubling at max_backoff x reprobe_every
+    assert next_threads(ThreadState(1, probe=(2, 1.0), every=8), 3.0, 2, reprobe_every=2, max_backoff=4).every == 8
+
+
+def test_one_core_never_switches():
+    assert run([1.0, 9.0, 0.1], start=1, most=1)[0] == [1, 1, 1]
+
+
+@pytest.fixture
+def restore_threads():
+    before, auto = torch.get_num_threads(), tuning.auto_most()
+    yield
+    torch.set_num_threads(before)
+    tuning.mark_auto(auto)
+
+
+def test_tuner_pools_steps_and_skips_warm_up(restore_threads):
+    torch.set_num_threads(2)
+    t = Tuner(most=2, min_s=1.0, skip=1, reprobe_every=100)
+    # 0.6 + 0.6 s: one measurement (1.2 s over 2 units = 0.6), the warm-up one: observed only
+    assert [t.tick(0.6, 1.0), t.tick(0.6, 1.0)] == [2, 2] and t.state.baseline == 0.0
+    t.tick(1.0, 2.0)  # 0.5 s/unit: the baseline
+    assert t.state.baseline == 0.5
+    assert t.tick(3.0, 1.0) == 1 and torch.get_num_threads() == 1  # 6x slower: probe 1 thread
+    assert t.switches == 1
+    assert Tuner(most=0).tick(5.0) == torch.get_num_threads()  # pinned threads: never switches
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to switch between 1 and 2 threads")
+def test_pretrain_switches_threads_while_it_runs(tiny_data, tiny_tokenizer, tmp_path, monkeypatch, restore_threads):
+    """A real pretrain run with threads = 0: measurements every ~0.05 s and a re-probe every 2,
+    so within the run it must try both 1 and 2 threads (whatever the machine's load), and log
+    which one each step ran on."""
+    from conftest import TINY_PRETRAIN, metrics
+
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import pretrain
+
+    monkeypatch.setattr(tuning, "MIN_S", 0.05)
+    monkeypatch.setattr(tuning, "REPROBE_EVERY", 2)
+    out = tmp_path / "base"
+    sets = [s for s in TINY_PRETRAIN if not s.startswith("d_model")] + [
+        "d_model=64", f"data={tiny_data['corpus']}", f"tokenizer={tiny_tokenizer}", f"out={out}", "max_steps=40",
+        "threads=0", "save_every=0"]
+    pretrain.run(load_config(pretrain.Config, sets=sets))
+    used = [r["time/threads"] for r in metrics(out / "metrics.jsonl")]
+    assert len(used) == 40 and set(used) == {1, 2}, used
