@@ -1,0 +1,123 @@
+"""Int8 rollouts (`rollout_quant = "int8"`): the policy's linear layers as int8 copies that the
+Llama fast path (llama_fast.LlamaRunner) samples from, re-quantised after each optimizer step.
+
+    q = Int8Weights(policy)              # quantise once (~0.2 s for SmolLM2-135M's 210 layers)
+    generate(policy, prompts, ..., quantized=q)
+    ... optimizer.step() ...
+    seconds = q.refresh()                # re-quantise from the current weights
+
+The kernel is fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`, the one
+torch.ao's dynamic quantisation uses): weights int8 per output channel (symmetric, scale
+max|w_row| / 127), activations quantised on the fly to uint8 per tensor (asymmetric, the
+call's min/max over all its rows), int32 accumulation, fp32 out. With reduce_range=False it
+equals the dequantise-then-fp32 computation to ~1e-6 relative (AVX512-VNNI accumulates
+u8 x s8 exactly; tests/test_quant.py checks this), i.e. all of its error is the rounding of w
+and x to 8 bits: 0.5-3% of a layer's largest output on SmolLM2-135M (per-tensor weights
+with reduce_range: up to 9%). A sample is therefore drawn from a slightly different
+distribution than the trainer's; rlhfkit.losses.IS_CORRECTIONS (`is_correction`) corrects
+the loss for it, and the rollout logs the gap (rollout/logprob_gap).
+
+Kept fp32: the embedding (a lookup: nothing to gain), norms, RoPE, attention over the KV cache,
+and by default the LM head (`head=False`): its error lands on the logits unattenuated (4% of
+the largest logit on SmolLM2 in int8), so a quantised head is an option, not the default.
+
+The cost of a refresh is quantising (absmax, divide, round, into int8 buffers kept from
+the last refresh) plus fbgemm's prepack (its blocked layout), counted in each RL step
+(time/quantize_s).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlhfkit.generation.llama_fast import Unsupported, _linear, layer_weights
+
+
+def _pack(w: torch.Tensor, b: torch.Tensor | None, buf: torch.Tensor | None):
+    """fp32 (N, K) weight (and bias) -> (fbgemm packed int8 weight, the int8 buffer it was
+    rounded into, to be reused next time). Symmetric per output channel: scale_n = max_k
+    |w_nk| / 127, q = round(w / scale) in [-127, 127]."""
+    w = w.detach()
+    scale = w.abs().amax(1).clamp_(min=1e-12).div_(127.0)
+    if buf is None or buf.shape != w.shape:
+        buf = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    buf.copy_(torch.div(w, scale[:, None]).round_())  # |w / scale| <= 127 by construction
+    zeros = torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
+    qw = torch._make_per_channel_quantized_tensor(buf, scale.double(), zeros, 0)
+    return torch.ops.quantized.linear_prepack(qw, None if b is None else b.detach().float()), buf
+
+
+def int8_linear(x: torch.Tensor, packed, bias=None) -> torch.Tensor:
+    """(..., K) fp32 -> (..., N): fbgemm's dynamic int8 linear (bias is inside `packed`; the
+    argument keeps F.linear's signature for the runner)."""
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, False)
+
+
+def dequantized(packed) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fp32 (weight, bias) a packed int8 weight stands for (the tests' reference)."""
+    qw, b = torch.ops.quantized.linear_unpack(packed)
+    return qw.dequantize(), b
+
+
+def quantize_activation(x: torch.Tensor) -> torch.Tensor:
+    """x rounded as linear_dynamic rounds it: uint8 per tensor, asymmetric over [min(x, 0),
+    max(x, 0)] (the tests' reference; fbgemm's ChooseQuantizationParams)."""
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    zero = min(255, max(0, round(-lo / scale)))
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+class Int8Weights:
+    """Int8 copies of a LlamaForCausalLM's decoder linear layers (and of its LM head with
+    head=True), in the layout `LlamaRunner(..., quantized=self)` reads: `layers` are
+    llama_fast.layer_weights tuples with each weight replaced by its packed int8 copy (bias
+    inside, None in the bias slot); `head` the packed LM head or None (fp32); `linear` the
+    product the runner calls on them. Raises Unsupported for a model the fast path cannot run."""
+
+    linear = staticmethod(int8_linear)
+
+    def __init__(self, model, head: bool = False):
+        from rlhfkit.generation.rollout import unwrap
+
+        _, self.hf = unwrap(model)
+        if type(self.hf).__name__ != "LlamaForCausalLM":
+            raise Unsupported(f"int8 rollouts need the Llama fast path, not {type(self.hf).__name__}")
+        self.quantize_head = head
+        self._bufs: dict[int, torch.Tensor] = {}  # slot -> int8 buffer, reused by refresh
+        self._packed: dict[int, object] = {}  # slot -> packed copy
+        self._keys: dict[int, tuple] = {}  # slot -> the versions of the tensors it was packed from
+        self.layers: list[tuple] = []
+        self.head = None
+        self.built_s = self.refresh()  # seconds the first quantisation took
+
+    def _q(self, slot: int, w, b, mods):
+        """Slot `slot`'s packed copy of (w, b), re-packed only if a tensor of `mods` (the modules w
+        comes from) changed since the last refresh (an optimizer step bumps a parameter's
+        version; with LoRA only the adapted layers change)."""
+        key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters()) + tuple(
+            (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ()) or ()),
+             tuple(getattr(m, "merged_adapters", ()) or ())) for m in mods)
+        if self._keys.get(slot) != key:
+            self._packed[slot], self._bufs[slot] = _pack(w, b, self._bufs.get(slot))
+            self._keys[slot] = key
+        return self._packed[slot], None
+
+    @torch.no_grad()
+    def refresh(self) -> float:
+        """Re-quantise the copies whose weights changed; -> seconds it took."""
+        t0 = time.perf_counter()
+        layers, slot = [], 0
+        for layer, (n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act) in zip(self.hf.model.layers,
+                                                                          layer_weights(self.hf)):
+            at, mlp = layer.self_attn, layer.mlp
+            layers.append((n1, e1, self._q(slot, wqkv, bqkv, (at.q_proj, at.k_proj, at.v_proj))[0], None,
+                           self._q(slot + 1, *o, (at.o_proj,)), n2, e2, self._q(slot + 2, *g, (mlp.gate_proj,)),
+                           self._q(slot + 3, *u, (mlp.up_proj,)), self._q(slot + 4, *d, (mlp.down_proj,)), act))
+            slot += 5
+        self.layers = layers
+        if self.quantize_head:
+            self.head = self._q(slot, *_linear(self.hf.lm_head), (self.hf.lm_head,))
+        return time.perf_counter() - t0
