@@ -2,7 +2,7 @@
 step, and the sampler/trainer mismatch on a real rollout (issue 14, target 2).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_decode.py --out int8_decode.json
-    python benchmarks/int8_decode.py --rows 16 --new-tokens 48 --repeat 3 --head   # int8 LM head too
+    python benchmarks/int8_decode.py --rows 16 --heads fp32 bf16 int8   # the LM head's options side by side
 
 SmolLM2-135M-Instruct (or `--model DIR`), one thread. Each row is an arithmetic chat prompt in
 groups of 8 (as GRPO's), sampled at temperature 1 with no eos, so every row decodes the full
@@ -63,7 +63,8 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64])
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--head", action="store_true", help="quantise the LM head too")
+    p.add_argument("--heads", nargs="+", default=["bf16"], choices=["fp32", "bf16", "int8"],
+                   help="how the int8 runs' LM head computes (each a column beside fp32)")
     p.add_argument("--gap-rows", type=int, default=32)
     p.add_argument("--caps", nargs="+", type=float, default=[1.5, 2.0, 5.0])
     p.add_argument("--threads", type=int, default=1)
@@ -75,53 +76,65 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    q = Int8Weights(model, head=a.head)
-    refresh = sorted(q.refresh() for _ in range(3))[1]  # median of 3
-    print(f"{what}, {a.threads} thread(s), head {'int8' if a.head else 'fp32'}; re-quantise: {refresh:.3f} s")
-    results = {"model": what, "threads": a.threads, "head_int8": a.head, "new_tokens": a.new_tokens,
-               "requantize_s": refresh, "rows": {}}
-    print(f"{'rows':>5} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} {'ratio+rq':>9}")
+    def bump():  # what an optimizer step does to every parameter's version: all copies are stale
+        with torch.no_grad():
+            for prm in model.parameters():
+                prm.mul_(1.0)
+
+    quants, refresh = {}, {}
+    for head in a.heads:
+        quants[head] = Int8Weights(model, head=head)
+        times = []
+        for _ in range(3):
+            bump()
+            times.append(quants[head].refresh())
+        refresh[head] = sorted(times)[1]  # median of 3
+    print(f"{what}, {a.threads} thread(s), {a.new_tokens} new tokens; re-quantise (all layers): "
+          + ", ".join(f"head {h}: {t:.3f} s" for h, t in refresh.items()))
+    results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "requantize_s": refresh, "rows": {}}
+    print(f"{'rows':>5} {'head':>5} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
+          f"{'ratio+rq':>9}")
     for R in a.rows:
         ps = prompts(tok, R)
-        best = {"fp32": float("inf"), "int8": float("inf")}
+        best = {"fp32": float("inf"), **{f"int8-{h}": float("inf") for h in quants}}
         for i in range(a.repeat):
-            for name, quant in (("fp32", None), ("int8", q)):
+            for name, quant in (("fp32", None), *((f"int8-{h}", q) for h, q in quants.items())):
                 g = torch.Generator().manual_seed(i)
                 best[name] = min(best[name], timed(lambda: generate(
                     model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=pad,
                     generator=g, quantized=quant)))
         n = R * a.new_tokens
-        row = {"fp32_tok_s": n / best["fp32"], "int8_tok_s": n / best["int8"],
-               "int8_requant_tok_s": n / (best["int8"] + refresh)}
-        row["ratio"], row["ratio_with_requant"] = row["int8_tok_s"] / row["fp32_tok_s"], \
-            row["int8_requant_tok_s"] / row["fp32_tok_s"]
-        results["rows"][R] = row
-        print(f"{R:>5} {row['fp32_tok_s']:>11.1f} {row['int8_tok_s']:>11.1f} {row['int8_requant_tok_s']:>13.1f} "
-              f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x", flush=True)
+        results["rows"][R] = {"fp32_tok_s": n / best["fp32"]}
+        for h in quants:
+            t8 = best[f"int8-{h}"]
+            row = {"int8_tok_s": n / t8, "int8_requant_tok_s": n / (t8 + refresh[h])}
+            row["ratio"], row["ratio_with_requant"] = best["fp32"] / t8, \
+                row["int8_requant_tok_s"] / (n / best["fp32"])
+            results["rows"][R][f"head_{h}"] = row
+            print(f"{R:>5} {h:>5} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} {row['int8_requant_tok_s']:>13.1f} "
+                  f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x", flush=True)
 
     # the mismatch on a real rollout: int8 samples (with eos: real lengths), fp32 trainer logprobs
-    ps = prompts(tok, a.gap_rows, seed=1)
     from rlhfkit.models import eos_token_ids
-    r = generate(model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=eos_token_ids(model, tok),
-                 pad_token_id=pad, generator=torch.Generator().manual_seed(0), quantized=q)
-    exp = Experience(ps, r.tokens, r.mask)
-    with torch.no_grad():
-        inp = exp.inputs(range(len(ps)))
-        train = response_logprobs(model, inp, 1.0)
-    m, sampler = inp["mask"], r.logprobs[:, :inp["T"]]
-    gap = float((train - sampler).abs()[m].mean())
-    ratio = (train - sampler).exp()[m]
-    caps = {}
-    for cap in a.caps:
-        _, met = IS_CORRECTIONS["tis"](train, sampler, m, cap)
-        caps[cap] = met["rollout/is_capped_frac"]
-    results["mismatch"] = {"rows": a.gap_rows, "tokens": int(m.sum()), "logprob_gap": gap,
-                           "logprob_gap_max": float((train - sampler).abs()[m].max()),
-                           "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
-                           "capped_frac": caps}
-    print(f"mismatch over {int(m.sum())} sampled tokens: rollout/logprob_gap {gap:.4f} "
-          f"(max {results['mismatch']['logprob_gap_max']:.3f}), ratio in [{float(ratio.min()):.3f}, "
-          f"{float(ratio.max()):.3f}], share above cap: " + ", ".join(f"{c}: {v:.4f}" for c, v in caps.items()))
+
+    ps = prompts(tok, a.gap_rows, seed=1)
+    results["mismatch"] = {}
+    for h, q in quants.items():
+        r = generate(model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=eos_token_ids(model, tok),
+                     pad_token_id=pad, generator=torch.Generator().manual_seed(0), quantized=q)
+        exp = Experience(ps, r.tokens, r.mask)
+        with torch.no_grad():
+            inp = exp.inputs(range(len(ps)))
+            train = response_logprobs(model, inp, 1.0)
+        m, sampler = inp["mask"], r.logprobs[:, :inp["T"]]
+        diff = (train - sampler)[m]
+        caps = {cap: IS_CORRECTIONS["tis"](train, sampler, m, cap)[1]["rollout/is_capped_frac"] for cap in a.caps}
+        results["mismatch"][h] = {"rows": a.gap_rows, "tokens": int(m.sum()), "logprob_gap": float(diff.abs().mean()),
+                                  "logprob_gap_max": float(diff.abs().max()), "ratio_min": float(diff.exp().min()),
+                                  "ratio_max": float(diff.exp().max()), "capped_frac": caps}
+        print(f"head {h}: over {int(m.sum())} sampled tokens rollout/logprob_gap {float(diff.abs().mean()):.4f} "
+              f"(max {float(diff.abs().max()):.3f}), ratio in [{float(diff.exp().min()):.3f}, "
+              f"{float(diff.exp().max()):.3f}], share above cap: " + ", ".join(f"{c}: {v:.4f}" for c, v in caps.items()))
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
 

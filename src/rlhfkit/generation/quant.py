@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 
 from rlhfkit.generation.llama_fast import Unsupported, _linear, layer_weights
 
@@ -70,6 +71,9 @@ def quantize_activation(x: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
+HEADS = ("fp32", "bf16", "int8")  # how the LM head runs in the decode steps
+
+
 class Int8Weights:
     """Int8 copies of a LlamaForCausalLM's decoder linear layers (and of its LM head with
     head=True), in the layout `LlamaRunner(..., quantized=self)` reads: `layers` are
@@ -79,13 +83,15 @@ class Int8Weights:
 
     linear = staticmethod(int8_linear)
 
-    def __init__(self, model, head: bool = False):
+    def __init__(self, model, head: str = "bf16"):
         from rlhfkit.generation.rollout import unwrap
 
         _, self.hf = unwrap(model)
         if type(self.hf).__name__ != "LlamaForCausalLM":
             raise Unsupported(f"int8 rollouts need the Llama fast path, not {type(self.hf).__name__}")
-        self.quantize_head = head
+        if head not in HEADS:
+            raise ValueError(f"Int8Weights: head must be one of {', '.join(HEADS)}")
+        self.head_mode = head
         self._bufs: dict[int, torch.Tensor] = {}  # slot -> int8 buffer, reused by refresh
         self._packed: dict[int, object] = {}  # slot -> packed copy
         self._keys: dict[int, tuple] = {}  # slot -> the versions of the tensors it was packed from
@@ -118,6 +124,24 @@ class Int8Weights:
                            self._q(slot + 3, *u, (mlp.up_proj,)), self._q(slot + 4, *d, (mlp.down_proj,)), act))
             slot += 5
         self.layers = layers
-        if self.quantize_head:
-            self.head = self._q(slot, *_linear(self.hf.lm_head), (self.hf.lm_head,))
+        if self.head_mode != "fp32":
+            self.head = self._head(slot, (self.hf.lm_head,))
         return time.perf_counter() - t0
+
+    def _head(self, slot: int, mods):
+        """The LM head as a callable h (R, D) -> logits (R, V) fp32, re-made when its weight changed."""
+        key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters())
+        if self._keys.get(slot) == key:
+            return self.head
+        self._keys[slot] = key
+        w, b = _linear(self.hf.lm_head)
+        if self.head_mode == "int8":
+            packed, self._bufs[slot] = _pack(w, b, self._bufs.get(slot))
+            return lambda h: int8_linear(h, packed)
+        buf = self._bufs.get(slot)
+        if buf is None or buf.shape != w.shape:
+            buf = self._bufs[slot] = torch.empty(w.shape, dtype=torch.bfloat16, device=w.device)
+        buf.copy_(w.detach())
+        bias = None if b is None else b.detach().to(torch.bfloat16)
+        # bf16 x bf16 products (AVX512-BF16 through oneDNN), fp32 accumulation, bf16 out
+        return lambda h: F.linear(h.to(torch.bfloat16), buf, bias).float()
