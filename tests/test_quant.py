@@ -50,15 +50,26 @@ def test_int8_linear_equals_dequantise_then_fp32(rows):
     assert int8_linear(x.view(rows, 1, 40), packed).shape == (rows, 1, 48)
 
 
+def _reference_linear(x, packed, bias=None):
+    return F.linear(quantize_activation(x), *dequantized(packed))
+
+
 class _Reference(Int8Weights):
     """The same copies, multiplied by the reference (dequantise, then fp32)."""
-    linear = staticmethod(lambda x, packed, bias=None: F.linear(quantize_activation(x), *dequantized(packed)))
+    linear = staticmethod(_reference_linear)
+
+    def _head(self, slot, mods):
+        head = super()._head(slot, mods)
+        if self.head_mode != "int8":
+            return head
+        packed, _ = _pack(*[t.detach() if t is not None else None for t in (self.hf.lm_head.weight, None)], None)
+        return lambda h: _reference_linear(h, packed)
 
 
-@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("head", ["fp32", "int8"])
 def test_runner_int8_decode_equals_the_reference_product(head):
     # the whole runner: prefill fp32 (bitwise the fp32 runner's), decode steps through the int8
-    # copies (== the reference product within 1e-4 of the logits' scale), the head fp32 unless asked
+    # copies (== the reference product within 1e-4 of the logits' scale), the head as asked
     model = tiny_llama(attention_bias=True)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -75,6 +86,18 @@ def test_runner_int8_decode_equals_the_reference_product(head):
     scale = s32.abs().max()
     assert (s8 - sref).abs().max() <= 1e-4 * scale
     assert 0 < (s8 - s32).abs().max() < 0.1 * scale  # int8 is close to fp32, and not it
+
+
+def test_bf16_head_is_the_bf16_product():
+    # the default head of the decode steps: bf16 weights and activations, fp32 accumulation,
+    # bf16 out; against an fp32 product of the bf16-rounded operands: within bf16's output
+    # rounding (2^-8 relative)
+    model = tiny_llama()
+    q = Int8Weights(model)
+    h = torch.randn(5, 64)
+    w = model.lm_head.weight.detach()
+    ref = h.bfloat16().float() @ w.bfloat16().float().t()
+    assert (q.head(h) - ref).abs().max() <= 2 ** -8 * ref.abs().max()
 
 
 def test_refresh_repacks_only_what_changed():
