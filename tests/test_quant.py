@@ -119,6 +119,18 @@ def test_refresh_repacks_only_what_changed():
                 assert layer[j][0] is before[i][j][0], (i, j)
 
 
+def test_refresh_after_a_checkpoint_load_repacks():
+    # a resume loads the weights after the copies were made: load_state_dict's in-place copy
+    # bumps the versions, so the next refresh sees new weights
+    model, other = tiny_llama(seed=0), tiny_llama(seed=1)
+    q = Int8Weights(model)
+    model.load_state_dict(other.state_dict())
+    q.refresh()
+    dq, _ = dequantized(q.layers[0][9][0])
+    w = other.model.layers[0].mlp.down_proj.weight
+    assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
+
+
 def test_generate_with_int8_is_reproducible_and_close_to_fp32():
     model = tiny_llama()
     q = Int8Weights(model)

@@ -154,9 +154,9 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
     first_step = True
     while step < cfg.max_steps and not stopped:
         timer = Timer()
-        # re-quantise after the last optimizer step (the first step of a run uses the copies just
-        # made; their cost is logged with it): part of the step's time
-        quantize_s = (quant.refresh() if not first_step else quant.built_s) if quant is not None else 0.0
+        # re-quantise what the last optimizer step (or a resume's load) changed: part of the step's
+        # time; the first step of a process also carries the copies' first quantisation
+        quantize_s = (quant.refresh() + (quant.built_s if first_step else 0.0)) if quant is not None else 0.0
         first_step = False
         timer.lap()
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
