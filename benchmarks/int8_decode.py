@@ -50,9 +50,9 @@ def timed(fn) -> float:
 
 
 def main() -> None:
+    from _common import smollm2_or_random
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from _common import smollm2_or_random
     from rlhfkit.generation import generate
     from rlhfkit.generation.quant import Int8Weights
     from rlhfkit.losses import IS_CORRECTIONS
@@ -100,7 +100,7 @@ def main() -> None:
         for i in range(a.repeat):
             for name, quant in (("fp32", None), *((f"int8-{h}", q) for h, q in quants.items())):
                 g = torch.Generator().manual_seed(i)
-                best[name] = min(best[name], timed(lambda: generate(
+                best[name] = min(best[name], timed(lambda ps=ps, g=g, quant=quant: generate(
                     model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=pad,
                     generator=g, quantized=quant)))
         n = R * a.new_tokens

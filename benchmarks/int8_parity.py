@@ -54,7 +54,9 @@ def main() -> None:
                 "micro_batch_size=16", "seed=0", *ALGOS["grpo"], *ARMS[arm], *a.set]
         wall = sh("grpo", *[x for k in keys for x in ("--set", k)], log=work / f"{arm}.log")
         steps = [r for r in read_metrics(out / "metrics.jsonl") if "time/step_s" in r]
-        mean = lambda k: sum(r.get(k, 0.0) for r in steps) / len(steps)  # noqa: E731
+        def mean(k, steps=steps):
+            return sum(r.get(k, 0.0) for r in steps) / len(steps)
+
         summary[arm] = {"wall_s": wall, "step_s": mean("time/step_s"), "rollout_s": mean("time/rollout_s"),
                         "quantize_s": mean("time/quantize_s"), "logprob_gap": mean("rollout/logprob_gap"),
                         "is_capped_frac": mean("rollout/is_capped_frac"),

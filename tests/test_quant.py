@@ -7,11 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_generation import PROMPTS, full_logprobs, tiny_gpt2, tiny_llama
 
 from rlhfkit.generation import generate, left_pad
 from rlhfkit.generation.llama_fast import LlamaRunner, Unsupported
-from rlhfkit.generation.quant import Int8Weights, _pack, dequantized, int8_linear, quantize_activation
-from test_generation import PROMPTS, full_logprobs, tiny_gpt2, tiny_llama
+from rlhfkit.generation.quant import (
+    Int8Weights,
+    _pack,
+    dequantized,
+    int8_linear,
+    quantize_activation,
+)
 
 
 def test_per_channel_weight_rounding_by_hand():
@@ -134,7 +140,7 @@ def test_refresh_after_a_checkpoint_load_repacks():
 def test_generate_with_int8_is_reproducible_and_close_to_fp32():
     model = tiny_llama()
     q = Int8Weights(model)
-    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_ids=(), pad_token_id=0)
+    kw = {"max_new_tokens": 6, "temperature": 1.0, "eos_token_ids": (), "pad_token_id": 0}
     a = generate(model, PROMPTS, generator=torch.Generator().manual_seed(1), quantized=q, **kw)
     b = generate(model, PROMPTS, generator=torch.Generator().manual_seed(1), quantized=q, **kw)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
