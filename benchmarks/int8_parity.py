@@ -54,6 +54,7 @@ def main() -> None:
                 "micro_batch_size=16", "seed=0", *ALGOS["grpo"], *ARMS[arm], *a.set]
         wall = sh("grpo", *[x for k in keys for x in ("--set", k)], log=work / f"{arm}.log")
         steps = [r for r in read_metrics(out / "metrics.jsonl") if "time/step_s" in r]
+
         def mean(k, steps=steps):
             return sum(r.get(k, 0.0) for r in steps) / len(steps)
 
