@@ -106,18 +106,36 @@ def test_bf16_head_is_the_bf16_product():
     assert (q.head(h) - ref).abs().max() <= 2 ** -8 * ref.abs().max()
 
 
-def test_refresh_repacks_only_what_changed():
-    model = tiny_llama()
+def test_refresh_after_an_optimizer_step_sees_the_new_weights():
+    # torch's fused AdamW (the one training.make_optimizer builds) does not bump the parameters'
+    # version counters: trainable weights must be re-packed at every refresh anyway
+    from rlhfkit.training import make_optimizer
+
+    model = tiny_llama().train()
+    q = Int8Weights(model)
+    old, _ = dequantized(q.layers[0][9][0])
+    opt = make_optimizer(model, 0.05, 0.0)
+    model(input_ids=torch.tensor([PROMPTS[0]])).logits.sum().backward()
+    opt.step()
+    q.refresh()
+    new, _ = dequantized(q.layers[0][9][0])
+    w = model.model.layers[0].mlp.down_proj.weight.detach()
+    assert not torch.equal(new, old)
+    assert (new - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step of the row's scale
+
+
+def test_refresh_repacks_only_what_changed_among_frozen_weights():
+    model = tiny_llama().requires_grad_(False)  # frozen, as LoRA's base weights
     q = Int8Weights(model)
     before = [list(layer) for layer in q.layers]
     with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight.mul_(2.0)  # in place, as an optimizer step
+        model.model.layers[1].mlp.down_proj.weight.mul_(2.0)  # an in-place write bumps the version
     assert q.refresh() >= 0
     # slot order in a layer tuple: 2 qkv, 4 (o, None), 7 gate, 8 up, 9 down
     assert q.layers[1][9][0] is not before[1][9][0]
     dq, _ = dequantized(q.layers[1][9][0])
     w = model.model.layers[1].mlp.down_proj.weight
-    assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step of the row's scale
+    assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
     for i, layer in enumerate(q.layers):
         assert layer[2] is before[i][2]  # not re-packed
         for j in (4, 7, 8, 9):
@@ -128,7 +146,7 @@ def test_refresh_repacks_only_what_changed():
 def test_refresh_after_a_checkpoint_load_repacks():
     # a resume loads the weights after the copies were made: load_state_dict's in-place copy
     # bumps the versions, so the next refresh sees new weights
-    model, other = tiny_llama(seed=0), tiny_llama(seed=1)
+    model, other = tiny_llama(seed=0).requires_grad_(False), tiny_llama(seed=1)
     q = Int8Weights(model)
     model.load_state_dict(other.state_dict())
     q.refresh()

@@ -474,6 +474,8 @@ def test_int8_rollouts_with_a_correction(stage, correction, tiny_base, rl_data, 
         assert r["time/quantize_s"] > 0 and r["time/step_s"] >= r["time/quantize_s"] + r["time/rollout_s"]
         assert 1e-4 < r["rollout/logprob_gap"] < 1.0  # int8 is not the trainer's fp32 (~1e-7 when it is)
         assert 0.0 <= r["rollout/is_capped_frac"] <= 1.0 and r["rollout/is_weight_mean"] > 0
+    # step 1: policy == reference, so the trainer's KL to it is 0 (the int8 sampler's is not)
+    assert abs(rows[0]["policy/kl_ref"]) < 1e-5
     assert changed_tensors(tiny_base, out) > 0
 
 

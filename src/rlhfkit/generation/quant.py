@@ -25,9 +25,10 @@ int8 prefill), the embedding, norms, RoPE and attention over the KV cache. The L
 error on the logits, as the fp32 head's gap shows: 0.192 vs 0.196 nats); "int8" is 4% of
 the largest logit, "fp32" exact.
 
-A refresh re-quantises only the copies whose source tensors changed (their version
-counters: an optimizer step or load_state_dict bumps them; a write through `.data` does
-not, so do not update weights that way). Its cost, counted in each RL step
+A refresh re-quantises every copy made from a trainable tensor (full fine-tuning: all of
+them; LoRA: the adapted layers) and, of the frozen ones, those whose version counter moved
+(load_state_dict; a write through `.data` does not count, so do not update frozen weights
+that way). Its cost, counted in each RL step
 (time/quantize_s), is ~80% fbgemm's prepack (its blocked layout, ~7 ms per 576 x 1536
 layer): ~1 s for SmolLM2-135M's 150 products on a quiet core, 3.4 s on the loaded one.
 """
@@ -106,14 +107,25 @@ class Int8Weights:
         self.head = None
         self.built_s = self.refresh()  # seconds the first quantisation took
 
-    def _q(self, slot: int, w, b, mods):
-        """Slot `slot`'s packed copy of (w, b), re-packed only if a tensor of `mods` (the modules w
-        comes from) changed since the last refresh (an optimizer step bumps a parameter's
-        version; with LoRA only the adapted layers change)."""
-        key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters()) + tuple(
+    @staticmethod
+    def _key(mods) -> tuple | None:
+        """What a slot's copy was made from, or None when it must be re-made: any trainable tensor
+        among `mods`' parameters counts as changed at every refresh, since torch's fused AdamW
+        updates parameters without bumping their version counters; a frozen one (LoRA's base
+        weights, a reference) changes only through an in-place write such as load_state_dict's
+        copy_, which does bump its version."""
+        params = [p for m in mods for p in m.parameters()]
+        if any(p.requires_grad for p in params):
+            return None
+        return tuple((p.data_ptr(), p._version) for p in params) + tuple(
             (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ()) or ()),
              tuple(getattr(m, "merged_adapters", ()) or ())) for m in mods)
-        if self._keys.get(slot) != key:
+
+    def _q(self, slot: int, w, b, mods):
+        """Slot `slot`'s packed copy of (w, b), re-packed unless `_key(mods)` (the modules w comes
+        from) is what it was at the last refresh."""
+        key = self._key(mods)
+        if key is None or self._keys.get(slot) != key:
             self._packed[slot], self._bufs[slot] = _pack(w, b, self._bufs.get(slot))
             self._keys[slot] = key
         return self._packed[slot], None
@@ -137,8 +149,8 @@ class Int8Weights:
 
     def _head(self, slot: int, mods):
         """The LM head as a callable h (R, D) -> logits (R, V) fp32, re-made when its weight changed."""
-        key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters())
-        if self._keys.get(slot) == key:
+        key = self._key(mods)
+        if key is not None and self._keys.get(slot) == key:
             return self.head
         self._keys[slot] = key
         w, b = _linear(self.hf.lm_head)

@@ -126,8 +126,9 @@ class UpdateSpec:
     seed: int  # the minibatch order is a pure function of (seed, step, epoch)
     is_correction: str = "none"  # rollout correction (losses.IS_CORRECTIONS), read by the losses via the micro-batch
     is_cap: float = 2.0
+    rollout_quant: str = "none"  # the sampler's numerics: "none" means the trainer's own
 
     @classmethod
     def of(cls, cfg: RLConfig) -> UpdateSpec:
         return cls(cfg.ppo_epochs, cfg.num_minibatches, cfg.micro_batch_size, cfg.grad_clip, cfg.seed,
-                   cfg.is_correction, cfg.is_cap)
+                   cfg.is_correction, cfg.is_cap, cfg.rollout_quant)
