@@ -381,3 +381,54 @@ def test_grpo_needs_ref_and_a_known_reduction():
         grpo_policy_loss(z, z, None, z, mask, kl_coef=0.1)
     with pytest.raises(ValueError, match="reduction"):
         grpo_policy_loss(z, z, z, z, mask, reduction="mean")
+
+
+# ----------------------------------------------------------------------------- rollout corrections
+# old (trainer) vs sampler probabilities of 4 tokens, the last padding:
+#   row 0: 1/1 -> ratio 1;  3/1 -> ratio 3;   row 1: 0.5/1 -> ratio 0.5;  padding
+OLD = t([LN(1.0), LN(3.0)], [LN(0.5), 7.0])
+SAMPLER = t([LN(1.0), LN(1.0)], [LN(1.0), -9.0])
+IS_MASK = torch.tensor([[True, True], [True, False]])
+
+
+def test_tis_weights_hand_computed():
+    from rlhfkit.losses import IS_CORRECTIONS
+
+    w, m = IS_CORRECTIONS["tis"](OLD, SAMPLER, IS_MASK, 2.0)
+    # min(ratio, 2): [1, 2, 0.5], 0 on padding; one of three tokens capped; mean weight 3.5/3
+    assert torch.allclose(w, t([1.0, 2.0], [0.5, 0.0]), atol=1e-6)
+    assert m["rollout/is_capped_frac"] == pytest.approx(1 / 3)
+    assert m["rollout/is_weight_mean"] == pytest.approx(3.5 / 3, abs=1e-6)
+
+
+def test_mis_weights_hand_computed():
+    from rlhfkit.losses import IS_CORRECTIONS
+
+    w, m = IS_CORRECTIONS["mis"](OLD, SAMPLER, IS_MASK, 2.0)
+    # ratio where <= 2, else 0: [1, 0 (3 > 2: masked), 0.5], 0 on padding; mean weight 1.5/3
+    assert torch.allclose(w, t([1.0, 0.0], [0.5, 0.0]), atol=1e-6)
+    assert m["rollout/is_capped_frac"] == pytest.approx(1 / 3)
+    assert m["rollout/is_weight_mean"] == pytest.approx(0.5, abs=1e-6)
+    assert IS_CORRECTIONS["none"](OLD, SAMPLER, IS_MASK, 2.0) == (None, {})
+
+
+def test_policy_losses_take_the_correction_weights():
+    # ratio 1 (logprobs == old), advantage 1 everywhere: per-token loss -1, times the TIS weights
+    # [1, 2, 0.5]; token mean over the 3 marked tokens: -(1 + 2 + 0.5) / 3 = -1.166667
+    from rlhfkit.losses import IS_CORRECTIONS
+    from rlhfkit.rl.config import IS_CORRECTIONS as NAMES
+
+    assert tuple(IS_CORRECTIONS) == NAMES  # the config's cheap copy of the names
+    lp = t([-1.0, -2.0], [-0.5, 0.0]).requires_grad_()
+    adv = t(1.0, 1.0)
+    w, _ = IS_CORRECTIONS["tis"](OLD, SAMPLER, IS_MASK, 2.0)
+    g, _ = grpo_policy_loss(lp, lp.detach(), None, adv, IS_MASK, kl_coef=0.0, reduction="token", weights=w)
+    p, _ = ppo_policy_loss(lp, lp.detach(), adv, IS_MASK, weights=w)
+    assert g.item() == pytest.approx(-3.5 / 3, abs=1e-6) and p.item() == pytest.approx(-3.5 / 3, abs=1e-6)
+    # the weights are constants: d loss / d logprob = -w / 3 per token (ratio' = ratio = 1)
+    g.backward()
+    assert torch.allclose(lp.grad, t([-1 / 3, -2 / 3], [-0.5 / 3, 0.0]), atol=1e-6)
+    # no weights and weights of ones give the same numbers
+    a, _ = grpo_policy_loss(lp, lp.detach() + 0.1, None, adv, IS_MASK, kl_coef=0.0)
+    b, _ = grpo_policy_loss(lp, lp.detach() + 0.1, None, adv, IS_MASK, kl_coef=0.0, weights=torch.ones(2, 2))
+    assert torch.equal(a, b)

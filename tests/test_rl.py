@@ -454,3 +454,33 @@ def test_guard_sees_every_eval_sample_in_record_order_on_every_rank(tiny_base, r
     assert [s["prompt"] for s in logged] == [f"What is {i} + 20?" for i in range(4)] * 2
     one = json.loads((tmp_path / "one" / "seen-0.json").read_text())
     assert [(s["prompt"], s["response"]) for s in one] == [(s["prompt"], s["response"]) for s in logged]
+
+
+# ----------------------------------------------------------------------------- int8 rollouts
+
+
+@pytest.mark.parametrize("stage,correction", [("grpo", "tis"), ("rloo", "mis")])
+def test_int8_rollouts_with_a_correction(stage, correction, tiny_base, rl_data, tmp_path):
+    # grpo (one optimizer step: the old logprobs are the training forward's) and rloo (the
+    # rollout's no-grad forward): sampled from int8 copies re-quantised every step, the loss
+    # weighted; the mismatch and the re-quantisation time are logged
+    out = tmp_path / stage
+    _run_inprocess([*[s for s in common(tiny_base, rl_data, out, steps=2) if s != "--set"], "eval_every=0",
+                    "reward=test_rl:letter_share", "rollout_quant=int8", f"is_correction={correction}",
+                    "is_cap=1.5", "threads=1"], stage)
+    rows = [r for r in metrics(out / "metrics.jsonl") if r["step"] > 0]  # step 0: the first eval
+    assert len(rows) == 2 and finite(rows)
+    for r in rows:
+        assert r["time/quantize_s"] > 0 and r["time/step_s"] >= r["time/quantize_s"] + r["time/rollout_s"]
+        assert 1e-4 < r["rollout/logprob_gap"] < 1.0  # int8 is not the trainer's fp32 (~1e-7 when it is)
+        assert 0.0 <= r["rollout/is_capped_frac"] <= 1.0 and r["rollout/is_weight_mean"] > 0
+    # step 1: policy == reference, so the trainer's KL to it is 0 (the int8 sampler's is not)
+    assert abs(rows[0]["policy/kl_ref"]) < 1e-5
+    assert changed_tensors(tiny_base, out) > 0
+
+
+def test_int8_needs_a_known_mode(tiny_base, rl_data, tmp_path):
+    r = cli("grpo", *common(tiny_base, rl_data, tmp_path / "x"), *sets("rollout_quant=fp8"), check=False)
+    assert r.returncode == 2 and "rollout_quant must be one of none, int8" in r.stderr, r.stderr[-2000:]
+    r = cli("grpo", *common(tiny_base, rl_data, tmp_path / "y"), *sets("is_correction=is"), check=False)
+    assert r.returncode == 2 and "is_correction must be one of none, tis, mis" in r.stderr, r.stderr[-2000:]

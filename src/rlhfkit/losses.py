@@ -220,9 +220,67 @@ def _clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip, clip_high
     return torch.maximum(unclipped, clipped), log_ratio, clipped > unclipped
 
 
+# Rollout corrections: the sampler's numerics differ from the trainer's (int8 rollouts,
+# generation/quant.py; a vLLM sampler later), so the tokens come from pi_sample, not from the
+# pi_old the trainer computes. Each variant turns the two into per-token weights on the policy
+# loss (IS_CORRECTIONS[name](old_logprobs, sampler_logprobs, mask, cap) -> (weights | None,
+# metrics)); the weights are constants (no gradient), 0 on padding.
+
+
+def _sampler_ratio(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pi_old / pi_sample per token (B, T), 1 on padding."""
+    return torch.exp(_zero_padding(old_logprobs.detach() - sampler_logprobs.detach(), mask))
+
+
+def no_correction(old_logprobs, sampler_logprobs, mask, cap) -> tuple[None, dict[str, float]]:
+    """No weights: the loss treats the samples as the trainer's own (exact when they are)."""
+    return None, {}
+
+
+@torch.no_grad()
+def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor,
+                cap: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"): w = min(pi_old / pi_sample, cap) per token.
+
+    old_logprobs (B, T) the trainer's logprobs of the sampled tokens under the rollout's policy;
+    sampler_logprobs (B, T) what the sampler reported for them; mask (B, T) bool; cap > 0.
+    The ratio is the importance weight from the sampler's distribution to the trainer's; the
+    cap bounds its variance (a token the sampler found far likelier than the trainer does, or
+    the reverse, cannot dominate the step) at the price of a bias toward pi_sample.
+    -> weights (B, T) (0 on padding), and metrics rollout/is_capped_frac (share of marked
+    tokens whose ratio exceeds the cap), rollout/is_weight_mean (mean weight over them).
+    """
+    ratio = _sampler_ratio(old_logprobs, sampler_logprobs, mask)
+    w = torch.where(mask, ratio.clamp(max=cap), 0.0)
+    return w, {"rollout/is_capped_frac": float(masked_mean((ratio > cap).float(), mask)),
+               "rollout/is_weight_mean": float(masked_mean(w, mask))}
+
+
+@torch.no_grad()
+def mis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor,
+                cap: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Masked importance sampling (Liu et al. 2025, "When speed kills stability"): w = ratio
+    where ratio = pi_old / pi_sample <= cap, and 0 where it is above: a token the trainer finds
+    far likelier than the sampler did is dropped from the loss instead of capped (no bias
+    toward pi_sample from the capped tokens; fewer tokens learn).
+
+    Shapes and metrics as `tis_weights` (rollout/is_capped_frac: the share masked).
+    """
+    ratio = _sampler_ratio(old_logprobs, sampler_logprobs, mask)
+    over = ratio > cap
+    w = torch.where(mask & ~over, ratio, 0.0)
+    return w, {"rollout/is_capped_frac": float(masked_mean(over.float(), mask)),
+               "rollout/is_weight_mean": float(masked_mean(w, mask))}
+
+
+IS_CORRECTIONS = {"none": no_correction, "tis": tis_weights, "mis": mis_weights}
+
+
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip: float = 0.2, clip_high: float | None = None,
-                    normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    normalizer: float | None = None,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
     logprobs (B, T) under the current policy (with grad); old_logprobs (B, T) under the policy
@@ -235,10 +293,14 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     Metrics: ppo/clipfrac (fraction of tokens where the clipped term was taken), ppo/approx_kl
     (k3 estimate of KL(old || new) = mean of (ratio - 1) - log ratio, as CleanRL; >= 0),
     ppo/ratio_mean, ppo/pg_loss.
+    weights (B, T), optional: per-token constants on the surrogate (a rollout correction,
+    IS_CORRECTIONS), the reduction unchanged.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     per_token, log_ratio, was_clipped = _clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip, clip_high)
+    if weights is not None:
+        per_token = per_token * weights
     denom = normalizer if normalizer is not None else mask.sum().clamp(min=1)
     loss = masked_sum(per_token, mask) / denom
     with torch.no_grad():
@@ -310,7 +372,8 @@ GRPO_REDUCTIONS = {"sequence": reduce_sequence_mean, "token": reduce_token_mean,
 def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
                      advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2, kl_coef: float = 0.04,
                      reduction: str = "sequence", clip_high: float | None = None,
-                     max_len: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                     max_len: int | None = None,
+                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO objective as a loss (Shao et al. 2024, DeepSeekMath eq. 3), with DAPO/Dr. GRPO variants.
 
     logprobs, old_logprobs, ref_logprobs (B, T); advantages (B, T) or (B,) (one per sequence,
@@ -320,6 +383,8 @@ def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     the reward; ref_logprobs may be None when kl_coef == 0 (DAPO, Dr. GRPO drop it).
     Reduction: GRPO_REDUCTIONS[reduction] — "sequence" (GRPO), "token" (DAPO), "dr_grpo"
     (sum / (B * max_len), max_len defaulting to T).
+    weights (B, T), optional: per-token constants on the clipped surrogate (a rollout
+    correction, IS_CORRECTIONS; the KL term is not weighted), the reduction unchanged.
     Metrics: grpo/pg_loss, grpo/kl (k3 token mean), grpo/clipfrac, grpo/approx_kl (k3 of
     KL(old || new), as ppo/approx_kl), grpo/ratio_mean.
     """
@@ -330,6 +395,8 @@ def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     per_token, log_ratio, was_clipped = _clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip, clip_high)
+    if weights is not None:
+        per_token = per_token * weights
     pg_loss = reduce(per_token, mask, max_len)
     loss = pg_loss
     kl = None

@@ -69,6 +69,27 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def layer_weights(hf) -> list[tuple]:
+    """Each decoder layer's weights as the runner reads them: (norm1 w, eps, Wqkv, bqkv, (Wo, bo),
+    norm2 w, eps, (Wg, bg), (Wu, bu), (Wd, bd), act). generation/quant.py packs the same tuples."""
+    cfg, layers = hf.config, []
+    for layer in hf.model.layers[: cfg.num_hidden_layers]:
+        at, mlp = layer.self_attn, layer.mlp
+        (wq, bq), (wk, bk), (wv, bv) = _linear(at.q_proj), _linear(at.k_proj), _linear(at.v_proj)
+        # q, k, v as one matmul (and one RoPE over the q and k heads): fewer ops per token,
+        # which is most of the time of a small model; costs one copy of these weights per call.
+        # Not gate and up: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
+        # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64)
+        bqkv = None if bq is None else torch.cat([bq, bk, bv])
+        layers.append((
+            layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+            torch.cat([wq, wk, wv]), bqkv, _linear(at.o_proj),
+            layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+            _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj), mlp.act_fn,
+        ))
+    return layers
+
+
 class LlamaRunner:
     """Runs a LlamaForCausalLM from its own weights with a preallocated KV cache.
 
@@ -79,7 +100,7 @@ class LlamaRunner:
 
     HEAD_BLOCK = 2048  # vocabulary rows per lm_head product (2048 x 576 fp32: 4.7 MB)
 
-    def __init__(self, hf, batch: int, max_len: int):
+    def __init__(self, hf, batch: int, max_len: int, quantized=None):
         from torch import nn
 
         cfg, m = hf.config, hf.model
@@ -92,21 +113,12 @@ class LlamaRunner:
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
         self.embed = m.embed_tokens.weight
-        self.layers = []
-        for layer in m.layers[: cfg.num_hidden_layers]:
-            at, mlp = layer.self_attn, layer.mlp
-            (wq, bq), (wk, bk), (wv, bv) = _linear(at.q_proj), _linear(at.k_proj), _linear(at.v_proj)
-            # q, k, v as one matmul (and one RoPE over the q and k heads): fewer ops per token,
-            # which is most of the time of a small model; costs one copy of these weights per call.
-            # Not gate and up: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
-            # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64)
-            bqkv = None if bq is None else torch.cat([bq, bk, bv])
-            self.layers.append((
-                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                torch.cat([wq, wk, wv]), bqkv, _linear(at.o_proj),
-                layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj), mlp.act_fn,
-            ))
+        # quantized: int8 copies of the linear layers (generation/quant.py), kept by the caller
+        # across calls and re-quantised after each optimizer step, for the decode steps; the
+        # prefill stays fp32 (exact prompt KV; one scale over a whole prompt's activations, its
+        # first token's outliers included, would round the rest away); None: fp32 throughout
+        self.quant = quantized
+        self.layers = layer_weights(hf)
         self.norm = (m.norm.weight, m.norm.variance_epsilon)
         self.lm_head = _linear(hf.lm_head)
         # cos/sin of every position from the model's own rotary module (its rope_type,
@@ -122,9 +134,10 @@ class LlamaRunner:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=dev)
         self.n = 0  # filled cache slots
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
+                 quant: bool = False) -> torch.Tensor:
         """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows :B,
-        slots n..n+S-1."""
+        slots n..n+S-1. quant: through the int8 copies (self.quant)."""
         B, S = ids.shape
         H, Hkv, hd, start = self.H, self.Hkv, self.hd, self.n
         end = start + S
@@ -132,8 +145,11 @@ class LlamaRunner:
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (B, S, 1, hd)
         # one row: both are a gemv; the few-rows trick is MKL's (CPU) only
         linear = _few_rows_linear if self.mkl and 1 < B * S <= FEW_ROWS else F.linear
+        layers = self.layers
+        if quant:
+            linear, layers = self.quant.linear, self.quant.layers
         for (n1, e1, wqkv, bqkv, (wo, bo), n2, e2, (wg, bg), (wu, bu), (wd, bd), act), kc, vc \
-                in zip(self.layers, self.k_cache, self.v_cache):
+                in zip(layers, self.k_cache, self.v_cache):
             kc, vc = kc[:B], vc[:B]  # a prefill of the distinct prompts fills the first rows only
             qkv = linear(_rms_norm(x, n1, e1), wqkv, bqkv).view(B, S, H + 2 * Hkv, hd)
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
@@ -147,11 +163,13 @@ class LlamaRunner:
         self.n = end
         return _rms_norm(x[:, -1], *self.norm)
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
+    def _head(self, h: torch.Tensor, quant: bool = False) -> torch.Tensor:
         """(B, D) -> (B, V) logits, as W @ h.T in blocks of vocabulary rows: MKL runs one
         (B, 576) x (576, 49152) product well below the speed of cache-sized blocks (SmolLM2,
         batch 16, 2 threads: 22 vs 13 ms with the transposing copy; at batch 64 that copy
         takes most of the gain). The numbers agree with F.linear to ~1e-6."""
+        if quant and self.quant.head is not None:
+            return self.quant.head(h)
         w, b = self.lm_head
         if not self.mkl:
             return F.linear(h, w, b)
@@ -185,8 +203,9 @@ class LlamaRunner:
         """tok, pos (R,) for the first R rows (R < batch after keep) -> (R, V)."""
         R = tok.shape[0]
         self.key_mask[:R, self.n] = True
-        h = self._forward(tok[:, None], pos[:, None], self.key_mask[:R, None, None, : self.n + 1])
-        return self._head(h)
+        quant = self.quant is not None
+        h = self._forward(tok[:, None], pos[:, None], self.key_mask[:R, None, None, : self.n + 1], quant)
+        return self._head(h, quant)
 
     def keep(self, rows):
         """Move rows `rows` (ascending) to the front and step only those from now on."""

@@ -82,7 +82,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
 FAST_RUNNERS: dict[str, Callable] = {"LlamaForCausalLM": LlamaRunner}
 
 
-def _make_runner(model, hf, batch: int, max_len: int):
+def _make_runner(model, hf, batch: int, max_len: int, quantized=None):
+    if quantized is not None:  # int8 copies (generation/quant.py) exist only for the Llama fast path
+        return LlamaRunner(hf, batch, max_len, quantized=quantized)
     fast = FAST_RUNNERS.get(type(hf).__name__)
     if fast is not None:
         try:
@@ -99,7 +101,7 @@ _TUNED: dict = {}  # the thread tuner's state between generate calls (with threa
 
 
 def _generate_torch(model, ids, mask, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
-                    pad_token_id, generator) -> Rollout:
+                    pad_token_id, generator, quantized=None) -> Rollout:
     model, hf = unwrap(model)
     B = ids.shape[0]
     threads = torch.get_num_threads()
@@ -112,17 +114,17 @@ def _generate_torch(model, ids, mask, *, max_new_tokens, temperature, top_p, top
     try:
         return _decode(model, hf, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, top_k=top_k, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
-                       generator=generator, tune=ids.device.type == "cpu" and not tiny)
+                       generator=generator, tune=ids.device.type == "cpu" and not tiny, quantized=quantized)
     finally:
         torch.set_num_threads(threads)
 
 
 def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
-            pad_token_id, generator, tune: bool = False) -> Rollout:
+            pad_token_id, generator, tune: bool = False, quantized=None) -> Rollout:
     from rlhfkit.threads import Tuner
 
     B, P = ids.shape
-    runner = _make_runner(model, hf, B, P + max_new_tokens)
+    runner = _make_runner(model, hf, B, P + max_new_tokens, quantized)
     dev = ids.device
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=dev)
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
@@ -188,14 +190,19 @@ BACKENDS: dict[str, Callable[..., Rollout]] = {"torch": _generate_torch, "hf": g
 
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, eos_token_ids=(), pad_token_id: int = 0,
-             generator: torch.Generator | None = None, backend: str = "torch") -> Rollout:
+             generator: torch.Generator | None = None, backend: str = "torch", quantized=None) -> Rollout:
     """Sample up to `max_new_tokens` for each prompt (token id lists of any lengths).
 
     temperature 0 is greedy. The same `generator` seed gives the same tokens. `model` may be
     wrapped in DDP (`.module`) or peft (LoRA applied); its train/eval mode is restored after.
+    `quantized`: a `quant.Int8Weights` of this model to sample from instead of its fp32
+    weights (backend "torch", Llama models); logprobs are then the int8 model's.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend '{backend}' (have: {', '.join(BACKENDS)})")
+    if quantized is not None and backend != "torch":
+        raise ValueError("generate: int8 weights (quantized=) need the torch backend")
+    extra = {"quantized": quantized} if quantized is not None else {}
     if max_new_tokens < 1:
         raise ValueError("generate: max_new_tokens must be >= 1")
     device = next(model.parameters()).device
@@ -207,6 +214,6 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
             return BACKENDS[backend](
                 model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 top_k=top_k, eos_token_ids=tuple(eos_token_ids), pad_token_id=pad_token_id,
-                generator=generator)
+                generator=generator, **extra)
     finally:
         model.train(was_training)

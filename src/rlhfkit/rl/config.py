@@ -10,6 +10,9 @@ from rlhfkit.files import UserError
 from rlhfkit.guard import GuardKeys
 from rlhfkit.rewards.verifiers import DEFAULT_FORMAT_REGEX
 
+ROLLOUT_QUANTS = ("none", "int8")  # generation/quant.py
+IS_CORRECTIONS = ("none", "tis", "mis")  # the names in rlhfkit.losses.IS_CORRECTIONS (kept cheap to import)
+
 
 @dataclass
 class _RLKeys:
@@ -36,6 +39,14 @@ class _RLKeys:
                                         "so one value gives the same samples on any number of processes "
                                         "(0: each process's share in one call)")
     backend: str = key("torch", "generation backend: torch (ours), hf")
+    rollout_quant: str = key("none", "none | int8: sample from int8 copies of the policy's linear layers (Llama "
+                                     "models, torch backend), re-quantised after each optimizer step",
+                             check=lambda v: None if v in ROLLOUT_QUANTS else f"must be one of {', '.join(ROLLOUT_QUANTS)}")
+    is_correction: str = key("none", "none | tis | mis: correct the policy loss for the sampler/trainer mismatch "
+                                     "(tis: weight min(pi_train / pi_sample, is_cap) per token; mis: mask tokens above it)",
+                             check=lambda v: None if v in IS_CORRECTIONS else f"must be one of {', '.join(IS_CORRECTIONS)}")
+    is_cap: float = key(2.0, "the ratio pi_train / pi_sample above which tis caps and mis masks a token",
+                        check=lambda v: None if v > 0 else "must be > 0")
     learning_rate: float = key(1e-5, "learning rate (AdamW)")
     warmup_steps: int = key(0, "linear warmup steps")
     min_lr_ratio: float = key(1.0, "cosine decay to this fraction of the peak (1: constant)")
@@ -117,8 +128,11 @@ class UpdateSpec:
     grad_clip: float  # global gradient norm (0: off)
     seed: int  # the minibatch order is a pure function of (seed, step, epoch)
     micro_batch_tokens: int = 2048  # padded tokens per forward/backward when micro_batch_size is 0
+    is_correction: str = "none"  # rollout correction (losses.IS_CORRECTIONS), read by the losses via the micro-batch
+    is_cap: float = 2.0
+    rollout_quant: str = "none"  # the sampler's numerics: "none" means the trainer's own
 
     @classmethod
     def of(cls, cfg: RLConfig) -> UpdateSpec:
         return cls(cfg.ppo_epochs, cfg.num_minibatches, cfg.micro_batch_size, cfg.grad_clip, cfg.seed,
-                   cfg.micro_batch_tokens)
+                   cfg.micro_batch_tokens, cfg.is_correction, cfg.is_cap, cfg.rollout_quant)

@@ -67,6 +67,21 @@ class Algorithm:
     old_logprobs: bool = True
 
 
+def _rollout_quant(cfg: RLConfig, policy):
+    """rollout_quant = "int8": the policy's int8 copies (generation/quant.py); "none": None."""
+    if cfg.rollout_quant == "none":
+        return None
+    from rlhfkit.generation.llama_fast import Unsupported
+    from rlhfkit.generation.quant import Int8Weights
+
+    if cfg.backend != "torch":
+        raise UserError(f"rollout_quant = {cfg.rollout_quant} needs backend = torch")
+    try:
+        return Int8Weights(policy)
+    except Unsupported as e:
+        raise UserError(f"rollout_quant = {cfg.rollout_quant}: {e}") from None
+
+
 def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> None:
     from rlhfkit.models import count_parameters, eos_token_ids, save_model
 
@@ -95,6 +110,7 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
     guard = make_guard(policy=policy, tokenizer=tokenizer, is_main=rank == 0) if make_guard is not None else None
     if guard is not None and not eval_records:
         raise UserError("the guard watches the evals: set `eval_prompts`")
+    quant = _rollout_quant(cfg, policy)  # int8 copies to sample from, or None
 
     # ---- optimizer, KL controller, resume
     params = [p for p in module.parameters() if p.requires_grad]
@@ -137,13 +153,19 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
 
     bar = progress(cfg.max_steps, step, algo.name)
     tuner = Tuner.auto()  # threads = 0: re-probes 1 vs all threads when the step rate jumps
+    first_step = True
     while step < cfg.max_steps and not stopped:
         timer, threads = Timer(), torch.get_num_threads()
+        # re-quantise what the last optimizer step (or a resume's load) changed: part of the step's
+        # time; the first step of a process also carries the copies' first quantisation
+        quantize_s = (quant.refresh() + (quant.built_s if first_step else 0.0)) if quant is not None else 0.0
+        first_step = False
+        timer.lap()
         lr = set_lr(optimizer, step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         batch = [records[i] for i in batch_indices(step, cfg.prompts_per_step, len(records), cfg.seed)]
         module.eval()  # no dropout in the no-grad forwards
         exp, metrics = collect(policy, ref, critic, tokenizer, batch, reward, rollout_spec, step, eos, gold,
-                               old_logprobs=algo.old_logprobs)
+                               old_logprobs=algo.old_logprobs, quantized=quant)
         module.train()
         rollout_s = timer.lap()
 
@@ -155,10 +177,11 @@ def run(cfg: RLConfig, algo: Algorithm, make_guard: Callable | None = None) -> N
         kl_ctl.update(metrics["policy/kl_ref"], B)
         step += 1
 
-        step_s = rollout_s + train_s
+        step_s = quantize_s + rollout_s + train_s
         tuner.tick(step_s, float(exp.mask.sum()))
         metrics.update({"train/lr": lr, f"{algo.name}/kl_coef": kl_ctl.value, "time/step_s": step_s,
                         "time/rollout_s": rollout_s, "time/train_s": train_s,
+                        **({"time/quantize_s": quantize_s} if quant is not None else {}),
                         "time/tokens_per_s": float(exp.mask.sum()) / step_s, "time/threads": threads})
         if eval_records and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
             stopped = eval_and_guard(step, metrics)

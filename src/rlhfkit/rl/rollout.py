@@ -156,7 +156,8 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward, spec: RolloutSpec, step: int,
-            eos_ids: list[int], gold: Reward | None = None, old_logprobs: bool = True) -> tuple[Experience, dict]:
+            eos_ids: list[int], gold: Reward | None = None, old_logprobs: bool = True,
+            quantized=None) -> tuple[Experience, dict]:
     """Sample spec.group_size responses per record, score them and run the no-grad forwards;
     -> (the global rollout, its rollout/ policy/ reward/ metrics).
 
@@ -165,6 +166,8 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
     `old_logprobs=False` skips the policy's own forward (a third of the no-grad work): for an
     update of one optimizer step, whose loss can use its forward's detached logprobs; the
     entropy and sampler-gap metrics then come from the update (`own_logprobs`).
+    `quantized`: the policy's int8 copies (generation/quant.py) to sample from (rollout_quant);
+    the forwards stay fp32, so the sampler's logprobs differ from old_logprobs by the int8 error.
     Each rank samples and scores its generate calls (the call's generator is seeded by
     (seed, step, call)); the results are all-gathered.
     """
@@ -182,7 +185,7 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
         g = torch.Generator().manual_seed(stream_seed(spec.seed, "rollout", step, c))
         r = generate(policy, [rows[i]["_ids"] for i in range(c * chunk, (c + 1) * chunk)], max_new_tokens=T,
                      temperature=spec.temperature, top_p=spec.top_p, eos_token_ids=eos_ids,
-                     pad_token_id=tokenizer.pad_token_id, generator=g, backend=spec.backend)
+                     pad_token_id=tokenizer.pad_token_id, generator=g, backend=spec.backend, quantized=quantized)
         tokens.append(_pad_to(r.tokens, T, tokenizer.pad_token_id))
         mask.append(_pad_to(r.mask, T, False))
         finished.append(r.finished)
@@ -215,7 +218,9 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
 
     m, sampler_lp = local.mask, torch.cat(sampler_lp)
     if not old_logprobs:
-        old_lp = sampler_lp  # for the KL metric only (sampler and trainer agree to ~1e-6)
+        # for the KL metric only (an fp32 sampler and the trainer agree to ~1e-6; an int8 one
+        # to rollout/logprob_gap, which the update logs)
+        old_lp = sampler_lp
     zero_pad = lambda x: torch.where(m, x, 0.0)
     g = {k: gather_rows(v) for k, v in {
         "tokens": local.tokens, "mask": m, "finished": torch.cat(finished), "rewards": rewards,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from rlhfkit import distributed
-from rlhfkit.losses import masked_mean, token_logprobs
+from rlhfkit.losses import IS_CORRECTIONS, masked_mean, token_logprobs
 from rlhfkit.rl.config import UpdateSpec
 from rlhfkit.rl.rollout import Experience, entropy, rank_world, response_logits, stream_seed
 
@@ -26,6 +26,11 @@ def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, tor
         lp, m = logprobs.detach(), mb["mask"]
         met = {"policy/entropy": float(masked_mean(entropy(logits), m)),
                "rollout/logprob_gap": float(masked_mean((mb["sampler_logprobs"] - lp).abs(), m))}
+        if mb.get("sampler_quantized") and mb.get("ref_logprobs") is not None:
+            # collect's policy/kl_ref came from the sampler's logprobs, which an int8 sampler
+            # biases (SmolLM2: ~0.04 nats per token, 1.7 per sequence before any update): the
+            # trainer's replace it, for the metric, the KL controller and the guard
+            met["policy/kl_ref"] = float(torch.where(m, lp - mb["ref_logprobs"], 0.0).sum(1).mean())
     return logprobs, lp, met
 
 
@@ -39,6 +44,16 @@ def micro_batches(exp: Experience, rows: torch.Tensor, totals: dict, tensors: di
         r, t = inp["rows"], inp["T"]
         mbs.append({**inp, **totals, **{n: v[r, :t] for n, v in tensors.items()}})
     return mbs
+
+
+def rollout_weights(old_logprobs: torch.Tensor, mb: dict) -> tuple[torch.Tensor | None, dict]:
+    """The rollout correction's per-token weights for a micro-batch's policy loss (None: none), from
+    the trainer's old_logprobs and the sampler's (mb["sampler_logprobs"]): the spec's
+    is_correction / is_cap, which `update` puts in every micro-batch."""
+    name = mb.get("is_correction", "none")
+    if name == "none":
+        return None, {}
+    return IS_CORRECTIONS[name](old_logprobs, mb["sampler_logprobs"], mb["mask"], mb["is_cap"])
 
 
 def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[str, torch.Tensor],
@@ -66,7 +81,9 @@ def update(train_model, params: list, optimizer, exp: Experience, per_row: dict[
         perm = torch.randperm(B, generator=torch.Generator().manual_seed(stream_seed(spec.seed, "perm", step, epoch)))
         for k in range(spec.num_minibatches):
             rows = perm[k * mb_rows:(k + 1) * mb_rows]
-            totals = {"rows_total": mb_rows, "tokens_total": int(exp.mask[rows].sum())}
+            totals = {"rows_total": mb_rows, "tokens_total": int(exp.mask[rows].sum()),
+                      "is_correction": spec.is_correction, "is_cap": spec.is_cap,
+                      "sampler_quantized": spec.rollout_quant != "none"}
             mine = rows[rank * share:(rank + 1) * share]
             mbs = micro_batches(exp, mine, totals, tensors, spec)
             loss, metrics = backward_micro_batches(train_model, mbs, loss_fn, world)

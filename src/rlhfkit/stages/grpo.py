@@ -29,7 +29,7 @@ from rlhfkit.losses import GRPO_REDUCTIONS, grpo_policy_loss
 from rlhfkit.rl import loop
 from rlhfkit.rl.config import RLConfig
 from rlhfkit.rl.rollout import Experience
-from rlhfkit.rl.update import own_logprobs
+from rlhfkit.rl.update import own_logprobs, rollout_weights
 
 
 @dataclass
@@ -63,14 +63,16 @@ def clipped_loss(model, mb: dict, kl_coef: float, name: str, clip: float, clip_h
     """grpo_policy_loss on a micro-batch (+ kl_coef x k3 KL to the reference), weighted by the
     micro-batch's share of the global minibatch; metrics under `name`/."""
     logprobs, old, extra = own_logprobs(model, mb, temperature)
+    weights, is_met = rollout_weights(old, mb)  # the sampler/trainer mismatch (is_correction)
     loss, met = grpo_policy_loss(logprobs, old, mb["ref_logprobs"], mb["advantages"], mb["mask"], clip=clip,
-                                 kl_coef=kl_coef, reduction=reduction, clip_high=clip_high or None, max_len=max_len)
+                                 kl_coef=kl_coef, reduction=reduction, clip_high=clip_high or None, max_len=max_len,
+                                 weights=weights)
     # the reduction is a mean over this micro-batch: weight it by the micro-batch's share of
     # the global minibatch (its rows, or its tokens for the token mean)
     share = (mb["mask"].sum() / mb["tokens_total"] if reduction == "token"
              else mb["mask"].shape[0] / mb["rows_total"])
     return loss * share, {**{f"{name}/{k.split('/', 1)[1]}": v * float(share) if k.endswith("loss") else v
-                             for k, v in met.items()}, **extra}
+                             for k, v in met.items()}, **extra, **is_met}
 
 
 def run(cfg: Config, make_guard=None) -> None:

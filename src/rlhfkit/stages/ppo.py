@@ -38,6 +38,7 @@ from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.rl import loop
 from rlhfkit.rl.config import RLConfig
 from rlhfkit.rl.rollout import Experience, response_logprobs
+from rlhfkit.rl.update import rollout_weights
 
 
 @dataclass
@@ -140,11 +141,12 @@ def ppo_loss(model: ActorCritic, mb: dict, kl_coef: float, clip: float, clip_hig
     minibatch's token count: exact under gradient accumulation and DDP. kl_coef is unused: PPO's
     KL is in the reward (ppo_advantages)."""
     logprobs, values = model(mb)
+    weights, is_met = rollout_weights(mb["old_logprobs"], mb)  # the sampler/trainer mismatch (is_correction)
     pg, pm = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["mask"], clip=clip,
-                             clip_high=clip_high or None, normalizer=mb["tokens_total"])
+                             clip_high=clip_high or None, normalizer=mb["tokens_total"], weights=weights)
     vf, vm = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], clip=value_clip,
                             normalizer=mb["tokens_total"])
-    return pg + vf_coef * vf, {**pm, **vm}
+    return pg + vf_coef * vf, {**pm, **vm, **is_met}
 
 
 def run(cfg: Config, make_guard=None) -> None:
