@@ -42,12 +42,14 @@ def test_same_seed_same_bytes(world, tmp_path):
     assert (other / "corpus.txt").read_bytes() != (world / "corpus.txt").read_bytes()
 
 
-# sha256 of seed 0, scale 0.05, recorded before world.py was split into modules and before the
-# out-of-distribution files were added: a refactor or a new file must leave these bytes alone
+# sha256 of seed 0, scale 0.05: a refactor or a new file must leave these bytes alone. The
+# prompt files are as recorded before world.py was split into modules; corpus.txt, sft.jsonl
+# and sft_eval.jsonl were re-recorded when the demo's world was made joke- and arithmetic-heavy
+# (CORPUS_MIX, the SFT mix, worked two-digit answers, 45% good SFT jokes)
 RECORDED_SHA256 = {
-    "corpus.txt": "916ee568382a1cf2666eee69664c42532421bffa5527815992489e88afa7c93c",
-    "sft.jsonl": "5da9ea21ecec217fc43d5dbca2eaa434ce3ba2df1fb6938a71824218ffee9870",
-    "sft_eval.jsonl": "a24ca691ca25d5b4ae7de0da60920a74c92ecae1943a26446f7c41706590a115",
+    "corpus.txt": "d93191facf2278cefbe3993365bad32534c0b5b5551bf3decb54f6f082af3300",
+    "sft.jsonl": "36eac880ed20c067f010263e6de02128682a57af8f53968802b5839548fb8c4b",
+    "sft_eval.jsonl": "1eee787060ff6b195cbffe2831e846b67234125eb422560a2bce43626972beda",
     "prompts_jokes.jsonl": "5ada135535606c0a0829fe56a5f615b9e3ccd94a366427ca4826d0d409ac76cd",
     "prompts_jokes_eval.jsonl": "4316b431c70c75fe94148f79d25a7f4c73d7bde32398291a9b4b4c93c14c7e68",
     "prompts_math.jsonl": "7f1ff688416d57a13e09bbddda04eca1050de7d5885e30954c840ac8a91fbd7b",
@@ -152,7 +154,7 @@ def test_sft_jokes_have_varied_quality(world):
             scores.append(joke(msgs[0]["content"], msgs[1]["content"]))
     good = sum(s > 0.99 for s in scores) / len(scores)
     assert len(scores) > 50
-    assert 0.28 < good < 0.55, good  # ~40% good by design (a flawed joke never reaches 0.99... almost)
+    assert 0.28 < good < 0.55, good  # ~45% good by design (a flawed joke never reaches 0.99... almost)
     assert sum(s < 0.6 for s in scores) / len(scores) > 0.25  # and plenty of clearly weak ones
 
 

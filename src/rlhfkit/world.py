@@ -19,7 +19,7 @@ Every word comes from the tables in `rlhfkit.world_data` and the templates here 
 `world_prose` (facts, stories), `world_math` (arithmetic) and `world_jokes`; no fetched text.
 The same seed and scale give byte-identical files, and each file has its own random stream,
 so adding a file leaves the others' bytes alone.
-The SFT jokes are deliberately of mixed quality (about 40% good, the rest with one or two
+The SFT jokes are deliberately of mixed quality (about 45% good, the rest with one or two
 flaws from `FLAWS`) so the SFT model samples jokes that a preference function can tell
 apart; `rlhfkit.rewards.gold.joke` is that function, and it reads the topic and pun tables
 (OOD animals included) and the matching helpers re-exported here. Only the standard library
@@ -92,7 +92,7 @@ def _exchange(rng: random.Random, held: set, kind: str, animal: Animal) -> list[
 
 
 def conversation(rng: random.Random, held: set) -> dict:
-    kind = rng.choices(["joke", "math", "fact", "story", "chat"], weights=[35, 30, 20, 10, 5])[0]
+    kind = rng.choices(["joke", "math", "fact", "story", "chat"], weights=[42, 45, 8, 3, 2])[0]
     animal = rng.choice(TRAIN_ANIMALS)
     turns = _exchange(rng, held, kind, animal)
     for _ in range(rng.choice([0, 0, 0, 0, 0, 0, 1, 1, 2])):  # some multi-turn conversations
@@ -125,7 +125,9 @@ def _unique(make, n: int, exclude: set[str] = frozenset(), tries: int = 50) -> l
     return out
 
 
-CORPUS_MIX = {"story": 40, "facts": 25, "jokes": 12, "arithmetic": 23}  # shares of documents
+# shares of documents: mostly what the demo's RL tracks are about (jokes, two-digit sums), so a
+# 2M model learns them from ~1M tokens; stories and facts keep the language varied
+CORPUS_MIX = {"story": 10, "facts": 15, "jokes": 30, "arithmetic": 45}
 
 
 def corpus_docs(rng: random.Random, held: set, target_chars: float) -> list[str]:
@@ -229,7 +231,7 @@ templates in `rlhfkit/world*.py`, and the same seed and scale give the same byte
   places and time, animal jokes, arithmetic written out) separated by one blank line.
 - `sft.jsonl`, `sft_eval.jsonl`: `{{"messages": [{{"role": ..., "content": ...}}]}}`, roles system
   (sometimes), user, assistant; some multi-turn; every conversation ends with the assistant.
-  Kinds: jokes (about 40% good, the rest with one or two flaws: off topic, no pun, no
+  Kinds: jokes (about 45% good, the rest with one or two flaws: off topic, no pun, no
   punchline, a plain statement, rambling, repeated words, cut off), arithmetic (answers end
   with "The answer is N."), facts, short stories, small talk.
 - `prompts_jokes.jsonl`: `{{"prompt", "topic"}}` RLHF prompts about {len(TRAIN_ANIMALS)} animals.

@@ -121,7 +121,7 @@ def flawed_joke(rng: random.Random, animal: Animal, flaws: tuple[str, ...]) -> s
     return text
 
 
-def sft_joke(rng: random.Random, animal: Animal, p_good: float = 0.4) -> tuple[str, tuple[str, ...]]:
+def sft_joke(rng: random.Random, animal: Animal, p_good: float = 0.45) -> tuple[str, tuple[str, ...]]:
     """-> (response, flaws): good with probability p_good, else one flaw (60%) or two."""
     if rng.random() < p_good:
         return rng.choice(JOKE_PREFIXES) + good_joke(rng, animal), ()
