@@ -16,11 +16,11 @@ from rlhfkit.files import read_jsonl
 from rlhfkit.rewards.gold import joke, joke_components
 
 SCALE = 0.05
-FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
          "prompts_math.jsonl", "prompts_math_eval.jsonl", "prompts_jokes_ood.jsonl", "prompts_math_ood.jsonl",
          "README.md")
 # what a model trained on this world reads: the OOD files' animals and numbers must be absent
-TRAINING_FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+TRAINING_FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
                   "prompts_math.jsonl", "prompts_math_eval.jsonl")
 
 
@@ -45,11 +45,11 @@ def test_same_seed_same_bytes(world, tmp_path):
 # sha256 of seed 0, scale 0.05: a refactor or a new file must leave these bytes alone. The
 # prompt files are as recorded before world.py was split into modules; corpus.txt, sft.jsonl
 # and sft_eval.jsonl were re-recorded when the demo's world was made joke- and arithmetic-heavy
-# (CORPUS_MIX, the SFT mix, worked two-digit answers, 45% good SFT jokes)
+# (CORPUS_MIX, the SFT mix, worked two-digit answers, 45% good SFT jokes, two told jokes an animal)
 RECORDED_SHA256 = {
-    "corpus.txt": "d93191facf2278cefbe3993365bad32534c0b5b5551bf3decb54f6f082af3300",
-    "sft.jsonl": "36eac880ed20c067f010263e6de02128682a57af8f53968802b5839548fb8c4b",
-    "sft_eval.jsonl": "1eee787060ff6b195cbffe2831e846b67234125eb422560a2bce43626972beda",
+    "corpus.txt": "bf863ea4914f16ae8443ce3a9fb489d173cb2cbccae0f865702a2171b6a6eaeb",
+    "sft.jsonl": "e75a57b55e415d270b4ec6a63329e9888f18a553173d6117e484451cc6fddf3f",
+    "sft_eval.jsonl": "035335ce3f5cc5581f03f650b3089b367dddaa5ef14302a7d38170c8575dc5f2",
     "prompts_jokes.jsonl": "5ada135535606c0a0829fe56a5f615b9e3ccd94a366427ca4826d0d409ac76cd",
     "prompts_jokes_eval.jsonl": "4316b431c70c75fe94148f79d25a7f4c73d7bde32398291a9b4b4c93c14c7e68",
     "prompts_math.jsonl": "7f1ff688416d57a13e09bbddda04eca1050de7d5885e30954c840ac8a91fbd7b",
@@ -280,3 +280,15 @@ def test_gold_scores_ood_animals_by_their_own_name_and_puns():
     # on topic but the pun is a pelican's: 0.25 topic + 0.5 = 0.75
     assert joke(kangaroos, "Why did the kangaroo get kicked out of the restaurant? It had a very big bill!") == pytest.approx(0.75)
     assert joke(kangaroos, "What do you call a lazy kangaroo? A pouch potato!") == pytest.approx(1.0)
+
+
+def test_tokenizer_text_is_corpus_and_chats_with_digits_spaced(world):
+    text = (world / "tokenizer.txt").read_text(encoding="utf-8")
+    corpus = (world / "corpus.txt").read_text(encoding="utf-8")
+    assert not re.search(r"\d\d", text)  # BPE never sees two digits side by side
+    # undo the spacing: the corpus comes first, unchanged, then every conversation turn
+    unspaced = re.sub(r"(?<=\d) (?=\d)", "", text)
+    assert unspaced.startswith(corpus)
+    first = read_jsonl(world / "sft.jsonl")[0]["messages"][0]["content"]
+    assert first in unspaced[len(corpus):]
+    assert W.tokenizer_text("What is 47 + 38?", []) == "What is 4 7 + 3 8?\n\n"  # "47" -> "4 7"

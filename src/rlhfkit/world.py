@@ -5,6 +5,8 @@
 writes into OUT (see the README.md it writes for counts):
   corpus.txt                     pre-training text: stories, facts, animal jokes, arithmetic;
                                  documents separated by one blank line
+  tokenizer.txt                  what `rlhfkit tokenizer` trains on: corpus and conversations
+                                 with digits spaced (no multi-digit tokens)
   sft.jsonl, sft_eval.jsonl      {"messages": [{"role", "content"}, ...]} conversations
   prompts_jokes(_eval).jsonl     {"prompt", "topic"}: RLHF prompts (eval: held-out phrasings
                                  and held-out animals that the corpus still talks about)
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 # the tables, prose, arithmetic and joke-making live in sibling modules; every name stays
@@ -42,7 +45,7 @@ from rlhfkit.world_data import (  # noqa: F401
 )
 from rlhfkit.world_jokes import (  # noqa: F401
     FLAWS, FORGOT, JOKE_PREFIXES, LITERAL_JOKES, RAMBLE_INTROS, RAMBLE_OUTROS, _fact_sentence, _literal,
-    find_animal, flawed_joke, good_joke, has_pun, mentions, sft_joke,
+    find_animal, flawed_joke, good_joke, has_pun, mentions, sft_joke, TOLD_JOKES, told_jokes,
 )
 from rlhfkit.world_math import (  # noqa: F401
     OOD_OPERANDS, _eligible, _operands, arithmetic_doc, held_out_pairs, math_qa, ood_pair, worked,
@@ -55,7 +58,8 @@ from rlhfkit.world_prose import PLOTS, Hero, fact_doc, fact_qa, make_hero, story
 
 def joke_doc(rng: random.Random) -> str:
     a = rng.choice(ANIMALS)
-    jokes = rng.sample(a.jokes, k=rng.randint(1, len(a.jokes)))
+    told = told_jokes(a)
+    jokes = rng.sample(told, k=rng.randint(1, len(told)))
     head = rng.choice(["", f"Here are some jokes about {a.plural}.", f"Jokes about {a.plural}:", f"A joke about {a.a}."])
     # mostly good; now and then a flat one, as in any pile of jokes
     body = [f"{s} {p}" if rng.random() < 0.9 else _literal(rng, a) for s, p in jokes]
@@ -189,20 +193,30 @@ def build_world(seed: int = 0, scale: float = 1.0) -> dict[str, str]:
     r_math_ood = rng("prompts_math_ood")
     pm_ood = math_prompts(r_math_ood, n(300, 12), lambda op: ood_pair(r_math_ood, op))
 
+    corpus = "\n\n".join(docs) + "\n"
     files = {
-        "corpus.txt": "\n\n".join(docs) + "\n",
+        "corpus.txt": corpus, "tokenizer.txt": tokenizer_text(corpus, sft),
         "sft.jsonl": _jsonl(sft), "sft_eval.jsonl": _jsonl(sft_eval),
         "prompts_jokes.jsonl": _jsonl(pj), "prompts_jokes_eval.jsonl": _jsonl(pj_eval),
         "prompts_math.jsonl": _jsonl(pm), "prompts_math_eval.jsonl": _jsonl(pm_eval),
         "prompts_jokes_ood.jsonl": _jsonl(pj_ood), "prompts_math_ood.jsonl": _jsonl(pm_ood),
     }
-    counts = {"corpus.txt": f"{len(docs)} documents", "sft.jsonl": f"{len(sft)} conversations",
+    counts = {"corpus.txt": f"{len(docs)} documents", "tokenizer.txt": "corpus and conversations, digits spaced", "sft.jsonl": f"{len(sft)} conversations",
               "sft_eval.jsonl": f"{len(sft_eval)} conversations", "prompts_jokes.jsonl": f"{len(pj)} prompts",
               "prompts_jokes_eval.jsonl": f"{len(pj_eval)} prompts", "prompts_math.jsonl": f"{len(pm)} prompts",
               "prompts_math_eval.jsonl": f"{len(pm_eval)} prompts", "prompts_jokes_ood.jsonl": f"{len(pj_ood)} prompts",
               "prompts_math_ood.jsonl": f"{len(pm_ood)} prompts"}
     files["README.md"] = _readme(seed, scale, files, counts)
     return files
+
+
+def tokenizer_text(corpus: str, conversations: list[dict]) -> str:
+    """The text BPE is trained on: the corpus and the conversations with every digit
+    spaced from the next ("47" -> "4 7"), so the vocabulary has no multi-digit tokens and
+    "47" encodes as " 4" + "7": a small model then adds digit by digit (a few dozen facts)
+    instead of learning a lookup table over ninety number tokens."""
+    chats = "\n\n".join(m["content"] for c in conversations for m in c["messages"])
+    return re.sub(r"(?<=\d)(?=\d)", " ", corpus + "\n" + chats + "\n")
 
 
 def _ordered(rng: random.Random, pair: tuple[int, int], op: str) -> tuple[int, str, int]:
@@ -229,6 +243,8 @@ templates in `rlhfkit/world*.py`, and the same seed and scale give the same byte
 
 - `corpus.txt`: plain text for pre-training; documents (stories, facts about animals, colours,
   places and time, animal jokes, arithmetic written out) separated by one blank line.
+- `tokenizer.txt`: the tokenizer's training text: `corpus.txt` and the conversations with every
+  digit spaced from the next, so BPE learns no multi-digit tokens and numbers encode digit by digit.
 - `sft.jsonl`, `sft_eval.jsonl`: `{{"messages": [{{"role": ..., "content": ...}}]}}`, roles system
   (sometimes), user, assistant; some multi-turn; every conversation ends with the assistant.
   Kinds: jokes (about 45% good, the rest with one or two flaws: off topic, no pun, no
