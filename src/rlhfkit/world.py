@@ -8,6 +8,8 @@ writes into OUT (see the README.md it writes for counts):
   tokenizer.txt                  what `rlhfkit tokenizer` trains on: corpus and conversations
                                  with digits spaced (no multi-digit tokens)
   sft.jsonl, sft_eval.jsonl      {"messages": [{"role", "content"}, ...]} conversations
+  chat.jsonl                     more conversations (other draws) for pre-training: the
+                                 chat format learned before SFT, as mid-training does
   prompts_jokes(_eval).jsonl     {"prompt", "topic"}: RLHF prompts (eval: held-out phrasings
                                  and held-out animals that the corpus still talks about)
   prompts_math(_eval).jsonl      {"prompt", "answer"}: eval operand pairs never appear in
@@ -181,6 +183,11 @@ def build_world(seed: int = 0, scale: float = 1.0) -> dict[str, str]:
     r_eval = rng("sft_eval")
     train_keys = {json.dumps(c, sort_keys=True, ensure_ascii=False) for c in sft}
     sft_eval = _unique(lambda: conversation(r_eval, held), n(400, 10), exclude=train_keys)
+    # conversations for pre-training (other draws, none an SFT or SFT-eval conversation): the
+    # chat format is learned with everything else, so SFT's short budget goes on behaviour
+    r_chat = rng("chat")
+    chat = _unique(lambda: conversation(r_chat, held), n(6000, 10),
+                   exclude=train_keys | {json.dumps(c, sort_keys=True, ensure_ascii=False) for c in sft_eval})
     pj = joke_prompts(rng("prompts_jokes"), n(2000, 20), JOKE_ASKS)
     # eval: phrasings never used in training; a third asks about held-out animals
     pj_eval = joke_prompts(rng("prompts_jokes_eval"), n(300, 12), JOKE_ASKS_EVAL, p_held_out=1 / 3)
@@ -196,12 +203,13 @@ def build_world(seed: int = 0, scale: float = 1.0) -> dict[str, str]:
     corpus = "\n\n".join(docs) + "\n"
     files = {
         "corpus.txt": corpus, "tokenizer.txt": tokenizer_text(corpus, sft),
-        "sft.jsonl": _jsonl(sft), "sft_eval.jsonl": _jsonl(sft_eval),
+        "sft.jsonl": _jsonl(sft), "sft_eval.jsonl": _jsonl(sft_eval), "chat.jsonl": _jsonl(chat),
         "prompts_jokes.jsonl": _jsonl(pj), "prompts_jokes_eval.jsonl": _jsonl(pj_eval),
         "prompts_math.jsonl": _jsonl(pm), "prompts_math_eval.jsonl": _jsonl(pm_eval),
         "prompts_jokes_ood.jsonl": _jsonl(pj_ood), "prompts_math_ood.jsonl": _jsonl(pm_ood),
     }
     counts = {"corpus.txt": f"{len(docs)} documents", "tokenizer.txt": "corpus and conversations, digits spaced", "sft.jsonl": f"{len(sft)} conversations",
+              "chat.jsonl": f"{len(chat)} conversations",
               "sft_eval.jsonl": f"{len(sft_eval)} conversations", "prompts_jokes.jsonl": f"{len(pj)} prompts",
               "prompts_jokes_eval.jsonl": f"{len(pj_eval)} prompts", "prompts_math.jsonl": f"{len(pm)} prompts",
               "prompts_math_eval.jsonl": f"{len(pm_eval)} prompts", "prompts_jokes_ood.jsonl": f"{len(pj_ood)} prompts",
