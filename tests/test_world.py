@@ -16,11 +16,11 @@ from rlhfkit.files import read_jsonl
 from rlhfkit.rewards.gold import joke, joke_components
 
 SCALE = 0.05
-FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "chat.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
          "prompts_math.jsonl", "prompts_math_eval.jsonl", "prompts_jokes_ood.jsonl", "prompts_math_ood.jsonl",
          "README.md")
 # what a model trained on this world reads: the OOD files' animals and numbers must be absent
-TRAINING_FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+TRAINING_FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "chat.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
                   "prompts_math.jsonl", "prompts_math_eval.jsonl")
 
 
@@ -50,6 +50,7 @@ RECORDED_SHA256 = {
     "corpus.txt": "bf863ea4914f16ae8443ce3a9fb489d173cb2cbccae0f865702a2171b6a6eaeb",
     "sft.jsonl": "e75a57b55e415d270b4ec6a63329e9888f18a553173d6117e484451cc6fddf3f",
     "sft_eval.jsonl": "035335ce3f5cc5581f03f650b3089b367dddaa5ef14302a7d38170c8575dc5f2",
+    "chat.jsonl": "7935f5a907cf60ab86fc585db32ed9a53ecc13c5f0a9c1b4465fad4a34dc1ffc",  # added with it: the others kept
     "prompts_jokes.jsonl": "5ada135535606c0a0829fe56a5f615b9e3ccd94a366427ca4826d0d409ac76cd",
     "prompts_jokes_eval.jsonl": "4316b431c70c75fe94148f79d25a7f4c73d7bde32398291a9b4b4c93c14c7e68",
     "prompts_math.jsonl": "7f1ff688416d57a13e09bbddda04eca1050de7d5885e30954c840ac8a91fbd7b",
@@ -77,7 +78,8 @@ def test_corpus_is_plain_documents(world):
 
 
 def test_conversations_parse_and_end_with_assistant(world):
-    for name, least in (("sft.jsonl", round(8000 * SCALE)), ("sft_eval.jsonl", round(400 * SCALE))):
+    for name, least in (("sft.jsonl", round(8000 * SCALE)), ("sft_eval.jsonl", round(400 * SCALE)),
+                        ("chat.jsonl", round(6000 * SCALE))):
         convs = read_jsonl(world / name)
         assert len(convs) == least
         for c in convs:
@@ -91,6 +93,9 @@ def test_conversations_parse_and_end_with_assistant(world):
         assert any(c["messages"][0]["role"] == "system" for c in convs)
     train = {json.dumps(c, sort_keys=True) for c in read_jsonl(world / "sft.jsonl")}
     assert not any(json.dumps(c, sort_keys=True) in train for c in read_jsonl(world / "sft_eval.jsonl"))
+    # pre-training's conversations are other draws: none is an SFT or an SFT-eval conversation
+    sft_all = train | {json.dumps(c, sort_keys=True) for c in read_jsonl(world / "sft_eval.jsonl")}
+    assert not any(json.dumps(c, sort_keys=True) in sft_all for c in read_jsonl(world / "chat.jsonl"))
 
 
 def _pairs(text: str) -> set[tuple[int, int]]:
@@ -112,7 +117,7 @@ def test_math_answers_and_eval_pairs_held_out(world):
     assert len(evals) == round(300 * SCALE) and len(eval_pairs) > 0.8 * len(evals)
     seen = _pairs((world / "corpus.txt").read_text(encoding="utf-8"))
     seen |= {(min(x, y), max(x, y)) for r in train for x, y in [map(int, re.findall(r"\d+", r["prompt"]))]}
-    for c in read_jsonl(world / "sft.jsonl") + read_jsonl(world / "sft_eval.jsonl"):
+    for c in read_jsonl(world / "sft.jsonl") + read_jsonl(world / "sft_eval.jsonl") + read_jsonl(world / "chat.jsonl"):
         for m in c["messages"]:
             seen |= _pairs(m["content"])
             nums = [int(n) for n in re.findall(r"\d+", m["content"])]

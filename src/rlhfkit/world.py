@@ -258,6 +258,9 @@ templates in `rlhfkit/world*.py`, and the same seed and scale give the same byte
   Kinds: jokes (about 45% good, the rest with one or two flaws: off topic, no pun, no
   punchline, a plain statement, rambling, repeated words, cut off), arithmetic (answers end
   with "The answer is N."), facts, short stories, small talk.
+- `chat.jsonl`: more conversations of the same kinds (other draws, none in sft or sft_eval) for
+  pre-training, which renders them through the chat template: the model meets the chat format
+  while it learns everything else (as mid-training does), and SFT's short budget goes on behaviour.
 - `prompts_jokes.jsonl`: `{{"prompt", "topic"}}` RLHF prompts about {len(TRAIN_ANIMALS)} animals.
   `prompts_jokes_eval.jsonl` uses phrasings never seen in training, and a third of it asks about
   held-out animals ({", ".join(HELD_OUT_ANIMALS)}) that appear in the corpus but in no SFT joke.
