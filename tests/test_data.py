@@ -126,6 +126,23 @@ def test_utf8_bom_and_jsonl_gz_documents(tmp_path):
         read_documents([str(tmp_path / "c.jsonl")])
 
 
+def test_conversations_in_pretraining_data_go_through_the_chat_template(tmp_path, tok):
+    from rlhfkit.data import read_documents
+
+    (tmp_path / "c.jsonl").write_text('{"messages": [{"role": "user", "content": "2 + 3?"}, '
+                                      '{"role": "assistant", "content": "5."}]}\n{"text": "plain"}\n')
+    render = lambda m: tok.apply_chat_template(m, tokenize=False)  # noqa: E731
+    # ChatML, as the stages after pre-training render it (test_chat_template_is_chatml)
+    assert read_documents([str(tmp_path / "c.jsonl")], render) == [
+        "<|im_start|>user\n2 + 3?<|im_end|>\n<|im_start|>assistant\n5.<|im_end|>\n", "plain"]
+    # without a template a conversation is not a document: the error names the line
+    with pytest.raises(UserError, match=r"c.jsonl:1: expected an object with a string 'text' field"):
+        read_documents([str(tmp_path / "c.jsonl")])
+    (tmp_path / "d.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:1: message 0 must be"):
+        read_documents([str(tmp_path / "d.jsonl")], render)
+
+
 def test_conversation_starting_with_the_assistant_is_refused(tmp_path):
     msgs = [{"role": "system", "content": "s"}, {"role": "assistant", "content": "hi"},
             {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]

@@ -166,7 +166,7 @@ def test_report_of_a_full_run(full_page):
     # the pipeline's key figures, from the files above
     assert "<dt>gold</dt><dd>0.45 → 0.41</dd>" in page and "<dt>shipped gold</dt><dd>0.55</dd>" in page
     assert "<dt>accuracy</dt><dd>0.2 → 0.35</dd>" in page
-    assert "<dt>corpus</dt><dd>374 docs</dd>" in page  # the world's README at scale 0.05
+    assert "<dt>corpus</dt><dd>417 docs</dd>" in page  # the world's README at scale 0.05
     assert "<dt>agreement</dt><dd>0.5</dd>" in page  # (1 + 0) / 2 over the two overlapping tasks
     assert "0.62 [0.55, 0.7]" in page  # ppo/best's win rate and its interval in the eval table
     assert "ppo/best (4 games)" not in page and "<td>ppo/best</td>" in page  # arena table, run-relative names

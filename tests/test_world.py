@@ -16,11 +16,11 @@ from rlhfkit.files import read_jsonl
 from rlhfkit.rewards.gold import joke, joke_components
 
 SCALE = 0.05
-FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "chat.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
          "prompts_math.jsonl", "prompts_math_eval.jsonl", "prompts_jokes_ood.jsonl", "prompts_math_ood.jsonl",
          "README.md")
 # what a model trained on this world reads: the OOD files' animals and numbers must be absent
-TRAINING_FILES = ("corpus.txt", "sft.jsonl", "sft_eval.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
+TRAINING_FILES = ("corpus.txt", "tokenizer.txt", "sft.jsonl", "sft_eval.jsonl", "chat.jsonl", "prompts_jokes.jsonl", "prompts_jokes_eval.jsonl",
                   "prompts_math.jsonl", "prompts_math_eval.jsonl")
 
 
@@ -42,12 +42,15 @@ def test_same_seed_same_bytes(world, tmp_path):
     assert (other / "corpus.txt").read_bytes() != (world / "corpus.txt").read_bytes()
 
 
-# sha256 of seed 0, scale 0.05, recorded before world.py was split into modules and before the
-# out-of-distribution files were added: a refactor or a new file must leave these bytes alone
+# sha256 of seed 0, scale 0.05: a refactor or a new file must leave these bytes alone. The
+# prompt files are as recorded before world.py was split into modules; corpus.txt, sft.jsonl
+# and sft_eval.jsonl were re-recorded when the demo's world was made joke- and arithmetic-heavy
+# (CORPUS_MIX, the SFT mix, worked two-digit answers, 45% good SFT jokes, two told jokes an animal)
 RECORDED_SHA256 = {
-    "corpus.txt": "916ee568382a1cf2666eee69664c42532421bffa5527815992489e88afa7c93c",
-    "sft.jsonl": "5da9ea21ecec217fc43d5dbca2eaa434ce3ba2df1fb6938a71824218ffee9870",
-    "sft_eval.jsonl": "a24ca691ca25d5b4ae7de0da60920a74c92ecae1943a26446f7c41706590a115",
+    "corpus.txt": "bf863ea4914f16ae8443ce3a9fb489d173cb2cbccae0f865702a2171b6a6eaeb",
+    "sft.jsonl": "e75a57b55e415d270b4ec6a63329e9888f18a553173d6117e484451cc6fddf3f",
+    "sft_eval.jsonl": "035335ce3f5cc5581f03f650b3089b367dddaa5ef14302a7d38170c8575dc5f2",
+    "chat.jsonl": "7935f5a907cf60ab86fc585db32ed9a53ecc13c5f0a9c1b4465fad4a34dc1ffc",  # added with it: the others kept
     "prompts_jokes.jsonl": "5ada135535606c0a0829fe56a5f615b9e3ccd94a366427ca4826d0d409ac76cd",
     "prompts_jokes_eval.jsonl": "4316b431c70c75fe94148f79d25a7f4c73d7bde32398291a9b4b4c93c14c7e68",
     "prompts_math.jsonl": "7f1ff688416d57a13e09bbddda04eca1050de7d5885e30954c840ac8a91fbd7b",
@@ -75,7 +78,8 @@ def test_corpus_is_plain_documents(world):
 
 
 def test_conversations_parse_and_end_with_assistant(world):
-    for name, least in (("sft.jsonl", round(8000 * SCALE)), ("sft_eval.jsonl", round(400 * SCALE))):
+    for name, least in (("sft.jsonl", round(8000 * SCALE)), ("sft_eval.jsonl", round(400 * SCALE)),
+                        ("chat.jsonl", round(6000 * SCALE))):
         convs = read_jsonl(world / name)
         assert len(convs) == least
         for c in convs:
@@ -89,6 +93,9 @@ def test_conversations_parse_and_end_with_assistant(world):
         assert any(c["messages"][0]["role"] == "system" for c in convs)
     train = {json.dumps(c, sort_keys=True) for c in read_jsonl(world / "sft.jsonl")}
     assert not any(json.dumps(c, sort_keys=True) in train for c in read_jsonl(world / "sft_eval.jsonl"))
+    # pre-training's conversations are other draws: none is an SFT or an SFT-eval conversation
+    sft_all = train | {json.dumps(c, sort_keys=True) for c in read_jsonl(world / "sft_eval.jsonl")}
+    assert not any(json.dumps(c, sort_keys=True) in sft_all for c in read_jsonl(world / "chat.jsonl"))
 
 
 def _pairs(text: str) -> set[tuple[int, int]]:
@@ -110,7 +117,7 @@ def test_math_answers_and_eval_pairs_held_out(world):
     assert len(evals) == round(300 * SCALE) and len(eval_pairs) > 0.8 * len(evals)
     seen = _pairs((world / "corpus.txt").read_text(encoding="utf-8"))
     seen |= {(min(x, y), max(x, y)) for r in train for x, y in [map(int, re.findall(r"\d+", r["prompt"]))]}
-    for c in read_jsonl(world / "sft.jsonl") + read_jsonl(world / "sft_eval.jsonl"):
+    for c in read_jsonl(world / "sft.jsonl") + read_jsonl(world / "sft_eval.jsonl") + read_jsonl(world / "chat.jsonl"):
         for m in c["messages"]:
             seen |= _pairs(m["content"])
             nums = [int(n) for n in re.findall(r"\d+", m["content"])]
@@ -152,7 +159,7 @@ def test_sft_jokes_have_varied_quality(world):
             scores.append(joke(msgs[0]["content"], msgs[1]["content"]))
     good = sum(s > 0.99 for s in scores) / len(scores)
     assert len(scores) > 50
-    assert 0.28 < good < 0.55, good  # ~40% good by design (a flawed joke never reaches 0.99... almost)
+    assert 0.28 < good < 0.55, good  # ~45% good by design (a flawed joke never reaches 0.99... almost)
     assert sum(s < 0.6 for s in scores) / len(scores) > 0.25  # and plenty of clearly weak ones
 
 
@@ -278,3 +285,15 @@ def test_gold_scores_ood_animals_by_their_own_name_and_puns():
     # on topic but the pun is a pelican's: 0.25 topic + 0.5 = 0.75
     assert joke(kangaroos, "Why did the kangaroo get kicked out of the restaurant? It had a very big bill!") == pytest.approx(0.75)
     assert joke(kangaroos, "What do you call a lazy kangaroo? A pouch potato!") == pytest.approx(1.0)
+
+
+def test_tokenizer_text_is_corpus_and_chats_with_digits_spaced(world):
+    text = (world / "tokenizer.txt").read_text(encoding="utf-8")
+    corpus = (world / "corpus.txt").read_text(encoding="utf-8")
+    assert not re.search(r"\d\d", text)  # BPE never sees two digits side by side
+    # undo the spacing: the corpus comes first, unchanged, then every conversation turn
+    unspaced = re.sub(r"(?<=\d) (?=\d)", "", text)
+    assert unspaced.startswith(corpus)
+    first = read_jsonl(world / "sft.jsonl")[0]["messages"][0]["content"]
+    assert first in unspaced[len(corpus):]
+    assert W.tokenizer_text("What is 47 + 38?", []) == "What is 4 7 + 3 8?\n\n"  # "47" -> "4 7"

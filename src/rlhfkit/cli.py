@@ -86,7 +86,7 @@ class Parser(argparse.ArgumentParser):
 def _documents(v):
     from rlhfkit.data import read_documents
 
-    read_documents(v)
+    read_documents(v, render=lambda messages: "")  # conversations are checked here, rendered by the stage
 
 
 def _conversations(v):

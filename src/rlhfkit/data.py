@@ -19,16 +19,22 @@ def is_jsonl(path: str | Path) -> bool:
     return Path(path).name.removesuffix(".gz").endswith(".jsonl")
 
 
-def read_documents(files: list[str]) -> list[str]:
-    """Documents from .txt files (separated by a blank line) and .jsonl files ({'text'}); `.gz` too."""
+def read_documents(files: list[str], render=None) -> list[str]:
+    """Documents from .txt files (separated by a blank line) and .jsonl files ({'text'}, or
+    {'messages'} conversations rendered by `render(messages) -> str`, e.g. the tokenizer's chat
+    template, so pre-training learns the chat format too); `.gz` too."""
     docs: list[str] = []
     for name in files:
         path = Path(name)
         if is_jsonl(path):
             for lineno, rec in iter_jsonl(path):
-                if not isinstance(rec.get("text"), str):
-                    raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field")
-                docs.append(rec["text"])
+                if render is not None and "messages" in rec:
+                    docs.append(render(validate_messages(rec["messages"], f"{path}:{lineno}")))
+                elif not isinstance(rec.get("text"), str):
+                    raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field"
+                                    + (" or a 'messages' list" if render is not None else ""))
+                else:
+                    docs.append(rec["text"])
         else:
             docs += [d.strip("\n") for d in read_text(path).split("\n\n") if d.strip()]
     if not docs:

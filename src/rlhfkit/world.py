@@ -5,7 +5,11 @@
 writes into OUT (see the README.md it writes for counts):
   corpus.txt                     pre-training text: stories, facts, animal jokes, arithmetic;
                                  documents separated by one blank line
+  tokenizer.txt                  what `rlhfkit tokenizer` trains on: corpus and conversations
+                                 with digits spaced (no multi-digit tokens)
   sft.jsonl, sft_eval.jsonl      {"messages": [{"role", "content"}, ...]} conversations
+  chat.jsonl                     more conversations (other draws) for pre-training: the
+                                 chat format learned before SFT, as mid-training does
   prompts_jokes(_eval).jsonl     {"prompt", "topic"}: RLHF prompts (eval: held-out phrasings
                                  and held-out animals that the corpus still talks about)
   prompts_math(_eval).jsonl      {"prompt", "answer"}: eval operand pairs never appear in
@@ -19,7 +23,7 @@ Every word comes from the tables in `rlhfkit.world_data` and the templates here 
 `world_prose` (facts, stories), `world_math` (arithmetic) and `world_jokes`; no fetched text.
 The same seed and scale give byte-identical files, and each file has its own random stream,
 so adding a file leaves the others' bytes alone.
-The SFT jokes are deliberately of mixed quality (about 40% good, the rest with one or two
+The SFT jokes are deliberately of mixed quality (about 45% good, the rest with one or two
 flaws from `FLAWS`) so the SFT model samples jokes that a preference function can tell
 apart; `rlhfkit.rewards.gold.joke` is that function, and it reads the topic and pun tables
 (OOD animals included) and the matching helpers re-exported here. Only the standard library
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 # the tables, prose, arithmetic and joke-making live in sibling modules; every name stays
@@ -42,7 +47,7 @@ from rlhfkit.world_data import (  # noqa: F401
 )
 from rlhfkit.world_jokes import (  # noqa: F401
     FLAWS, FORGOT, JOKE_PREFIXES, LITERAL_JOKES, RAMBLE_INTROS, RAMBLE_OUTROS, _fact_sentence, _literal,
-    find_animal, flawed_joke, good_joke, has_pun, mentions, sft_joke,
+    find_animal, flawed_joke, good_joke, has_pun, mentions, sft_joke, TOLD_JOKES, told_jokes,
 )
 from rlhfkit.world_math import (  # noqa: F401
     OOD_OPERANDS, _eligible, _operands, arithmetic_doc, held_out_pairs, math_qa, ood_pair, worked,
@@ -55,7 +60,8 @@ from rlhfkit.world_prose import PLOTS, Hero, fact_doc, fact_qa, make_hero, story
 
 def joke_doc(rng: random.Random) -> str:
     a = rng.choice(ANIMALS)
-    jokes = rng.sample(a.jokes, k=rng.randint(1, len(a.jokes)))
+    told = told_jokes(a)
+    jokes = rng.sample(told, k=rng.randint(1, len(told)))
     head = rng.choice(["", f"Here are some jokes about {a.plural}.", f"Jokes about {a.plural}:", f"A joke about {a.a}."])
     # mostly good; now and then a flat one, as in any pile of jokes
     body = [f"{s} {p}" if rng.random() < 0.9 else _literal(rng, a) for s, p in jokes]
@@ -92,7 +98,7 @@ def _exchange(rng: random.Random, held: set, kind: str, animal: Animal) -> list[
 
 
 def conversation(rng: random.Random, held: set) -> dict:
-    kind = rng.choices(["joke", "math", "fact", "story", "chat"], weights=[35, 30, 20, 10, 5])[0]
+    kind = rng.choices(["joke", "math", "fact", "story", "chat"], weights=[42, 45, 8, 3, 2])[0]
     animal = rng.choice(TRAIN_ANIMALS)
     turns = _exchange(rng, held, kind, animal)
     for _ in range(rng.choice([0, 0, 0, 0, 0, 0, 1, 1, 2])):  # some multi-turn conversations
@@ -125,7 +131,9 @@ def _unique(make, n: int, exclude: set[str] = frozenset(), tries: int = 50) -> l
     return out
 
 
-CORPUS_MIX = {"story": 40, "facts": 25, "jokes": 12, "arithmetic": 23}  # shares of documents
+# shares of documents: mostly what the demo's RL tracks are about (jokes, two-digit sums), so a
+# 2M model learns them from ~1M tokens; stories and facts keep the language varied
+CORPUS_MIX = {"story": 10, "facts": 15, "jokes": 30, "arithmetic": 45}
 
 
 def corpus_docs(rng: random.Random, held: set, target_chars: float) -> list[str]:
@@ -175,6 +183,11 @@ def build_world(seed: int = 0, scale: float = 1.0) -> dict[str, str]:
     r_eval = rng("sft_eval")
     train_keys = {json.dumps(c, sort_keys=True, ensure_ascii=False) for c in sft}
     sft_eval = _unique(lambda: conversation(r_eval, held), n(400, 10), exclude=train_keys)
+    # conversations for pre-training (other draws, none an SFT or SFT-eval conversation): the
+    # chat format is learned with everything else, so SFT's short budget goes on behaviour
+    r_chat = rng("chat")
+    chat = _unique(lambda: conversation(r_chat, held), n(6000, 10),
+                   exclude=train_keys | {json.dumps(c, sort_keys=True, ensure_ascii=False) for c in sft_eval})
     pj = joke_prompts(rng("prompts_jokes"), n(2000, 20), JOKE_ASKS)
     # eval: phrasings never used in training; a third asks about held-out animals
     pj_eval = joke_prompts(rng("prompts_jokes_eval"), n(300, 12), JOKE_ASKS_EVAL, p_held_out=1 / 3)
@@ -187,20 +200,31 @@ def build_world(seed: int = 0, scale: float = 1.0) -> dict[str, str]:
     r_math_ood = rng("prompts_math_ood")
     pm_ood = math_prompts(r_math_ood, n(300, 12), lambda op: ood_pair(r_math_ood, op))
 
+    corpus = "\n\n".join(docs) + "\n"
     files = {
-        "corpus.txt": "\n\n".join(docs) + "\n",
-        "sft.jsonl": _jsonl(sft), "sft_eval.jsonl": _jsonl(sft_eval),
+        "corpus.txt": corpus, "tokenizer.txt": tokenizer_text(corpus, sft),
+        "sft.jsonl": _jsonl(sft), "sft_eval.jsonl": _jsonl(sft_eval), "chat.jsonl": _jsonl(chat),
         "prompts_jokes.jsonl": _jsonl(pj), "prompts_jokes_eval.jsonl": _jsonl(pj_eval),
         "prompts_math.jsonl": _jsonl(pm), "prompts_math_eval.jsonl": _jsonl(pm_eval),
         "prompts_jokes_ood.jsonl": _jsonl(pj_ood), "prompts_math_ood.jsonl": _jsonl(pm_ood),
     }
-    counts = {"corpus.txt": f"{len(docs)} documents", "sft.jsonl": f"{len(sft)} conversations",
+    counts = {"corpus.txt": f"{len(docs)} documents", "tokenizer.txt": "corpus and conversations, digits spaced", "sft.jsonl": f"{len(sft)} conversations",
+              "chat.jsonl": f"{len(chat)} conversations",
               "sft_eval.jsonl": f"{len(sft_eval)} conversations", "prompts_jokes.jsonl": f"{len(pj)} prompts",
               "prompts_jokes_eval.jsonl": f"{len(pj_eval)} prompts", "prompts_math.jsonl": f"{len(pm)} prompts",
               "prompts_math_eval.jsonl": f"{len(pm_eval)} prompts", "prompts_jokes_ood.jsonl": f"{len(pj_ood)} prompts",
               "prompts_math_ood.jsonl": f"{len(pm_ood)} prompts"}
     files["README.md"] = _readme(seed, scale, files, counts)
     return files
+
+
+def tokenizer_text(corpus: str, conversations: list[dict]) -> str:
+    """The text BPE is trained on: the corpus and the conversations with every digit
+    spaced from the next ("47" -> "4 7"), so the vocabulary has no multi-digit tokens and
+    "47" encodes as " 4" + "7": a small model then adds digit by digit (a few dozen facts)
+    instead of learning a lookup table over ninety number tokens."""
+    chats = "\n\n".join(m["content"] for c in conversations for m in c["messages"])
+    return re.sub(r"(?<=\d)(?=\d)", " ", corpus + "\n" + chats + "\n")
 
 
 def _ordered(rng: random.Random, pair: tuple[int, int], op: str) -> tuple[int, str, int]:
@@ -227,11 +251,16 @@ templates in `rlhfkit/world*.py`, and the same seed and scale give the same byte
 
 - `corpus.txt`: plain text for pre-training; documents (stories, facts about animals, colours,
   places and time, animal jokes, arithmetic written out) separated by one blank line.
+- `tokenizer.txt`: the tokenizer's training text: `corpus.txt` and the conversations with every
+  digit spaced from the next, so BPE learns no multi-digit tokens and numbers encode digit by digit.
 - `sft.jsonl`, `sft_eval.jsonl`: `{{"messages": [{{"role": ..., "content": ...}}]}}`, roles system
   (sometimes), user, assistant; some multi-turn; every conversation ends with the assistant.
-  Kinds: jokes (about 40% good, the rest with one or two flaws: off topic, no pun, no
+  Kinds: jokes (about 45% good, the rest with one or two flaws: off topic, no pun, no
   punchline, a plain statement, rambling, repeated words, cut off), arithmetic (answers end
   with "The answer is N."), facts, short stories, small talk.
+- `chat.jsonl`: more conversations of the same kinds (other draws, none in sft or sft_eval) for
+  pre-training, which renders them through the chat template: the model meets the chat format
+  while it learns everything else (as mid-training does), and SFT's short budget goes on behaviour.
 - `prompts_jokes.jsonl`: `{{"prompt", "topic"}}` RLHF prompts about {len(TRAIN_ANIMALS)} animals.
   `prompts_jokes_eval.jsonl` uses phrasings never seen in training, and a third of it asks about
   held-out animals ({", ".join(HELD_OUT_ANIMALS)}) that appear in the corpus but in no SFT joke.

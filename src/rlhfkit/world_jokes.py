@@ -72,8 +72,18 @@ FLAWS = ("off_topic", "no_pun", "no_punchline", "statement", "rambling", "repeat
 _BASE_FLAWS, _MODIFIERS = FLAWS[:4], FLAWS[4:]
 
 
+# the world tells only each animal's first two table jokes: a 2M model trained for a few CPU
+# minutes can learn ~50 jokes by heart (and which animal each belongs to), not ~90
+TOLD_JOKES = 2
+
+
+def told_jokes(animal: Animal) -> tuple[tuple[str, str], ...]:
+    """The (setup, punchline) pairs the corpus and the SFT data tell about `animal`."""
+    return animal.jokes[:TOLD_JOKES]
+
+
 def good_joke(rng: random.Random, animal: Animal) -> str:
-    setup, punch = rng.choice(animal.jokes)
+    setup, punch = rng.choice(told_jokes(animal))
     return f"{setup} {punch}"
 
 
@@ -107,7 +117,7 @@ def flawed_joke(rng: random.Random, animal: Animal, flaws: tuple[str, ...]) -> s
     elif base == "no_pun":
         text = _literal(rng, animal)
     elif base == "no_punchline":
-        text = f"{rng.choice(animal.jokes)[0]} {rng.choice(FORGOT)}".strip()
+        text = f"{rng.choice(told_jokes(animal))[0]} {rng.choice(FORGOT)}".strip()
     elif base == "statement":
         text = _fact_sentence(rng, animal)
     else:
@@ -121,7 +131,7 @@ def flawed_joke(rng: random.Random, animal: Animal, flaws: tuple[str, ...]) -> s
     return text
 
 
-def sft_joke(rng: random.Random, animal: Animal, p_good: float = 0.4) -> tuple[str, tuple[str, ...]]:
+def sft_joke(rng: random.Random, animal: Animal, p_good: float = 0.45) -> tuple[str, tuple[str, ...]]:
     """-> (response, flaws): good with probability p_good, else one flaw (60%) or two."""
     if rng.random() < p_good:
         return rng.choice(JOKE_PREFIXES) + good_joke(rng, animal), ()

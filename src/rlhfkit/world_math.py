@@ -52,15 +52,18 @@ def worked(x: int, op: str, y: int) -> str:
 
 def math_qa(rng: random.Random, held: set) -> tuple[str, str]:
     op = rng.choice(["+", "+", "-", "-", "×"])
-    size = "two" if op != "×" and rng.random() < 0.6 else "small"
+    # mostly two-digit sums, always worked in steps: each step is a fact the model can look up
+    # (tens + tens, ones + ones, tens + a small number), which is what lets a 2M model add
+    # operand pairs it has never seen
+    size = "two" if op != "×" and rng.random() < 0.85 else "small"
     x, y = _operands(rng, held, op, size)
     word, fn = OPS[op]
     z = fn(x, y)
     q = rng.choice(MATH_QUESTIONS[op]).format(x=x, y=y)
     style = rng.random()
-    if size == "two" and style < 0.6:
+    if size == "two":
         body = worked(x, op, y)
-    elif style < 0.8:
+    elif style < 0.5:
         body = f"{cap(number_words(x))} {word} {number_words(y)} is {number_words(z)}. {x} {op} {y} = {z}."
     else:
         body = f"{x} {op} {y} = {z}."
@@ -70,8 +73,8 @@ def math_qa(rng: random.Random, held: set) -> tuple[str, str]:
 def arithmetic_doc(rng: random.Random, held: set) -> str:
     lines = []
     for _ in range(rng.randint(3, 7)):
-        op = rng.choice(["+", "-", "×"])
-        x, y = _operands(rng, held, op, rng.choice(["small", "small", "two"]))
+        op = rng.choice(["+", "+", "-", "-", "×"])
+        x, y = _operands(rng, held, op, rng.choice(["small", "two", "two", "two"]))
         word, fn = OPS[op]
         z = fn(x, y)
         r = rng.random()
@@ -79,8 +82,9 @@ def arithmetic_doc(rng: random.Random, held: set) -> str:
             who, thing = rng.choice(GIRLS + BOYS), rng.choice(["apples", "shells", "stickers", "marbles", "cookies", "stones"])
             act = f"found {y} more" if op == "+" else f"gave {y} away"
             lines.append(f"{who} had {x} {thing}. Then {who} {act}. Now {who} has {z} {thing}. {x} {op} {y} = {z}.")
-        elif r < 0.4 and op != "×" and x > 9 and y > 9:
-            lines.append(f"{x} {op} {y}: {worked(x, op, y)} So {x} {op} {y} = {z}.")
+        elif op != "×" and x > 9 and y > 9:  # the SFT answer's shape, so pre-training rehearses it
+            q = rng.choice(MATH_QUESTIONS[op]).format(x=x, y=y)
+            lines.append(f"{q} {worked(x, op, y)} The answer is {z}.")
         else:
             lines.append(f"{cap(number_words(x))} {word} {number_words(y)} is {number_words(z)}. {x} {op} {y} = {z}.")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from rlhfkit.training import (Checkpoints, MetricsLog, Timer, backward_micro_bat
 class Config:
     out: str = key("runs/demo/base", "output directory (an HF model dir)")
     tokenizer: str = key("runs/demo/tokenizer", "tokenizer dir (from `rlhfkit tokenizer`)")
-    data: list[str] = key([], "training text: .txt (documents split on blank lines) or .jsonl ({'text'})")
+    data: list[str] = key([], "training text: .txt (documents split on blank lines) or .jsonl ({'text'}, or {'messages'} through the chat template)")
     model: str = key("", "continue pre-training this model instead of starting from scratch")
     seed: int = key(0, "seed for initialisation and data order")
     # architecture (a LlamaConfig: RMSNorm, RoPE, SwiGLU, tied embeddings)
@@ -91,7 +91,9 @@ def run(cfg: Config) -> None:
     tokenizer = load_tokenizer(cfg.tokenizer)
 
     # ---- data: packed (N, block_size) blocks; the last eval_fraction held out
-    blocks = pack_documents(read_documents(cfg.data), tokenizer, cfg.block_size)
+    # conversations ({"messages"} JSONL) go in through the chat template, as the later stages see them
+    render = (lambda m: tokenizer.apply_chat_template(m, tokenize=False)) if tokenizer.chat_template else None
+    blocks = pack_documents(read_documents(cfg.data, render), tokenizer, cfg.block_size)
     n_eval = max(1, int(len(blocks) * cfg.eval_fraction)) if len(blocks) > 1 else 0
     train_blocks, eval_blocks = blocks[: len(blocks) - n_eval], blocks[len(blocks) - n_eval:]
 
