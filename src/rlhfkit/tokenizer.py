@@ -10,7 +10,6 @@ string round-trips exactly. The result is a plain HF tokenizer dir (`tokenizer.j
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
