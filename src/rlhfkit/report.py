@@ -40,9 +40,11 @@ def _figs_world(st, run):
     readme = (st.path / "README.md").read_text(errors="replace") if (st.path / "README.md").is_file() else ""
     rows = [ln.split("|") for ln in readme.splitlines() if ln.startswith("| `")]
     # "| `corpus.txt` | 7781 documents | 2,503,484 bytes |" -> ("corpus.txt", "7781 docs")
+    # only rows that count something (tokenizer.txt's row describes its text instead)
     return [(r[1].strip(" `").rsplit(".", 1)[0], " ".join(r[2].split()[:2]).replace("documents", "docs")
              .replace("conversations", "conv.")) for r in rows
-            if len(r) > 3 and not r[1].strip(" `").rsplit(".", 1)[0].endswith(("_eval", "_ood"))][:4]
+            if len(r) > 3 and r[2].strip()[:1].isdigit()
+            and not r[1].strip(" `").rsplit(".", 1)[0].endswith(("_eval", "_ood"))][:4]
 
 
 def _figs_tokenizer(st, run):
