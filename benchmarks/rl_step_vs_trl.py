@@ -101,12 +101,12 @@ def worker_trl(model: str, steps: int, threads: int, grad_ckpt: bool, work: Path
 
 
 def worker_rlhfkit(model: str, steps: int, threads: int, work: Path, defaults: bool = False,
-                   micro_batch_size: int = 0) -> dict:
+                   micro_batch_size: int = 0, int8: bool = False) -> dict:
     from rlhfkit.cli import main
 
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    out = work / f"rlhfkit{micro_batch_size or ''}"
+    out = work / f"rlhfkit{micro_batch_size or ''}{'-int8' if int8 else ''}"
     sets = {"model": model, "prompts": str(prompts), "out": str(out), "reward": "rl_step_vs_trl:rlhfkit_reward",
             "max_steps": steps, **SETTING}
     if not defaults:
@@ -114,6 +114,8 @@ def worker_rlhfkit(model: str, steps: int, threads: int, work: Path, defaults: b
                      "seed": 0})
     if micro_batch_size:
         sets["micro_batch_size"] = micro_batch_size
+    if int8:  # sample from int8 copies, correct the loss with truncated importance sampling
+        sets.update({"rollout_quant": "int8", "is_correction": "tis"})
     argv = ["grpo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     if main(argv):
         raise SystemExit("rlhfkit grpo failed")
@@ -130,12 +132,14 @@ def main() -> None:
     p = side_by_side_parser(__doc__)
     p.add_argument("--defaults", action="store_true", help="rlhfkit with its defaults (see above)")
     p.add_argument("--micro-batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--int8", action="store_true",
+                   help="also run rlhfkit with int8 rollouts + TIS (rollout_quant=int8, is_correction=tis)")
     a = parse_side_by_side(p)
 
     if a.worker:  # inside a child process
         work = Path(a.work)
         res = (worker_trl(a.model, a.steps, a.threads, a.trl_gradient_checkpointing, work) if a.worker == "trl"
-               else worker_rlhfkit(a.model, a.steps, a.threads, work, a.defaults, a.micro_batch_size))
+               else worker_rlhfkit(a.model, a.steps, a.threads, work, a.defaults, a.micro_batch_size, a.int8))
         Path(a.result).write_text(json.dumps(res))
         return
 
@@ -148,6 +152,8 @@ def main() -> None:
         sides = [(s, s, []) for s in ([a.only] if a.only else ["trl", "rlhfkit"])]
         if a.defaults and a.only != "trl":
             sides.append(("rlhfkit mb8", "rlhfkit", ["--micro-batch-size", "8"]))
+        if a.int8 and a.only != "trl":
+            sides.append(("rlhfkit int8", "rlhfkit", ["--int8"]))
         pythonpath = os.pathsep.join(x for x in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if x)
         for name, side, extra in sides:
             args = ["--worker", side, "--model", model, "--steps", str(a.steps), "--threads", str(a.threads),
@@ -175,6 +181,10 @@ def main() -> None:
     if "rlhfkit mb8" in results:
         summary["speedup_over_mb8"] = results["rlhfkit mb8"]["median_step_s"] / results["rlhfkit"]["median_step_s"]
         print(f"the defaults are {summary['speedup_over_mb8']:.2f}x faster per step than micro_batch_size=8")
+    if "trl" in results and "rlhfkit int8" in results:
+        summary["speedup_int8"] = results["trl"]["median_step_s"] / results["rlhfkit int8"]["median_step_s"]
+        print(f"rlhfkit with int8 rollouts + TIS is {summary['speedup_int8']:.2f}x faster per step than TRL "
+              f"(target: >= 3x)")
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1))
 

@@ -12,9 +12,10 @@ from rlhfkit import threads as tuning
 from rlhfkit.threads import ThreadState, Tuner, next_threads
 
 
-def run(rates, start=2, most=2, **kw):
-    """-> the thread count after each rate, and the final state."""
-    s, seen = ThreadState(start), []
+def run(rates, start=2, most=2, baseline=0.0, **kw):
+    """-> the thread count after each rate, and the final state (from `start` threads, settled
+    at `baseline` when given)."""
+    s, seen = ThreadState(start, baseline), []
     for r in rates:
         s = next_threads(s, r, most, **kw)
         seen.append(s.threads)
@@ -32,9 +33,22 @@ def test_a_jump_probes_one_thread_and_keeps_it_when_faster():
 def test_a_drop_probes_all_threads_again():
     # settled on 1 thread at 2.0 s/unit; the busy process leaves: 1.2 < 2.0 / 1.5 -> probe 2
     # threads; 0.6 * 1.1 < 1.2 -> keep 2, baseline 0.6
-    seen, s = run([2.0, 1.2, 0.6], start=1)
-    assert seen == [1, 2, 2]
+    seen, s = run([1.2, 0.6], start=1, baseline=2.0)
+    assert seen == [2, 2]
     assert s == ThreadState(2, baseline=0.6, every=30)
+
+
+def test_a_first_measurement_on_one_thread_checks_all_threads():
+    # the start-up probe chose 1 thread; its first measurement (2.0) starts a probe of 2 threads,
+    # which runs at 1.1: 1.1 * 1.1 < 2.0 -> keep 2 threads, baseline 1.1
+    seen, s = run([2.0, 1.1], start=1)
+    assert seen == [2, 2]
+    assert s == ThreadState(2, baseline=1.1, every=30)
+    # the start-up probe was right (busy machine: 2 threads at 6.0) -> back to 1, baseline 2.0, and
+    # the next periodic probe waits twice as long
+    seen, s = run([2.0, 6.0], start=1)
+    assert seen == [2, 1]
+    assert s == ThreadState(1, baseline=2.0, every=60)
 
 
 def test_a_probe_that_loses_goes_back_with_the_new_rate():
@@ -59,7 +73,7 @@ def test_steady_rates_reprobe_every_n_and_noise_does_not():
 def test_probes_only_where_they_can_win():
     # on 1 thread, more load (3x slower) never makes 2 threads pay: no probe; on 2 threads,
     # a faster rate (load left) never makes 1 thread pay: no probe
-    assert run([1.0, 3.0, 3.0], start=1)[0] == [1, 1, 1]
+    assert run([3.0, 3.0], start=1, baseline=1.0)[0] == [1, 1]
     assert run([1.0, 0.3], start=2)[0] == [2, 2]
 
 
@@ -74,7 +88,7 @@ def test_losing_periodic_probes_back_off():
 
 
 def test_one_core_never_switches():
-    assert run([1.0, 9.0, 0.1], start=1, most=1)[0] == [1, 1, 1]
+    assert run([1.0, 9.0, 0.1], start=1, most=1)[0] == [1, 1, 1]  # not even the first-measurement probe
 
 
 @pytest.fixture

@@ -39,6 +39,9 @@ def next_threads(state: ThreadState, rate: float, most: int, jump: float = 1.5, 
     """The thread count after one measurement of `rate` (seconds per unit of work, lower is
     faster) made at `state.threads`; pure, so it is tested on sequences of numbers.
 
+    The first measurement sets the baseline; made on 1 thread (what the start-up probe chose
+    from a few matmuls, and on a quiet machine now and then wrongly, at ~1.8x the cost of every
+    step until a periodic probe) it also starts a probe of `most` right away.
     Settled on `most` threads, a rate over `jump` x the baseline (a process arrived) starts a
     probe of 1 thread; settled on 1, a rate under baseline / `jump` (one left) starts a probe of
     `most`. (The other way round the probe would only be slower: more load never makes more
@@ -58,6 +61,8 @@ def next_threads(state: ThreadState, rate: float, most: int, jump: float = 1.5, 
             return ThreadState(state.threads, rate, every=reprobe_every)
         return ThreadState(before_threads, before_rate, every=min(2 * every, max_backoff * reprobe_every))
     if state.baseline == 0.0:
+        if state.threads == 1:  # the start-up probe's 20-50 ms chose 1 thread: one real step on `most` checks it
+            return ThreadState(most, probe=(1, rate), every=every)
         return replace(state, baseline=rate, every=every)
     arrived = state.threads > 1 and rate > jump * state.baseline
     left = state.threads == 1 and rate * jump < state.baseline
