@@ -5,15 +5,15 @@
 
 For each hidden person (the joke gold and the three in benchmarks/golds.py) and each seed, it
 re-runs the demo's RLHF steps (rankings by that person -> reward model -> PPO, guard = observe,
-40 steps, eval every 5) in WORK/NAME-sSEED, a copy of BASE's world/, tokenizer/ and sft/ (a
+80 steps, eval every 5, 256 eval prompts) in WORK/NAME-sSEED, a copy of BASE's world/, tokenizer/ and sft/ (a
 finished `rlhfkit demo` run: pre-training and SFT are not repeated), two runs at a time; a run
 whose PPO step finished (WORK/NAME-sSEED/recipe-state.json) is not run again (the script
 resumes; an interrupted run starts its unfinished step again). Then per run: the guard's stop
 and shipped step, gold at start / best / shipped over the eval steps, regret = (best - shipped) /
 (best - start), labels_used and labels_used / the rankings the reward model was trained on.
-Then the same runs replayed (`guard.replay`, exact for an observe run) as if evaluated every 10
-steps (the demo's eval_every), and every 10 steps with only 6 of the 12 spot checks per eval
-(rebuilt from the run's spot-check store: the labels budget); see VIEWS.
+Then the same runs replayed (`guard.replay`, exact for an observe run) with only 2 of the 12 spot
+checks per eval, and every 10 steps with 4 (rebuilt from the run's spot-check store: the labels
+budget); see VIEWS.
 
 Writes benchmarks/results/regret.json and benchmarks/results/regret.png (gold and proxy vs step
 and vs KL for --plot-run, default punchy-s0: the run of this set where gold peaks, then falls
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -39,13 +40,17 @@ HERE = Path(__file__).resolve().parent
 GOLDS = {"joke": "rlhfkit.rewards.gold:joke", "punchy": "golds:punchy", "animal": "golds:animal",
          "wordplay": "golds:wordplay"}
 SEEDS = (0, 1)
-SETS = ["ppo.guard=observe", "ppo.max_steps=40", "ppo.eval_every=5", "ppo.threads=1", "reward.threads=1"]
+# 80 steps: twice the demo's, so the person's score has time to turn; 256 of the 300 held-out
+# prompts per eval, so a step's gold mean (the yardstick of regret, one sample per prompt at T=1)
+# carries +-0.008 of noise instead of +-0.015 with the demo's 64
+SETS = ["ppo.guard=observe", "ppo.max_steps=80", "ppo.eval_every=5", "ppo.eval_max_prompts=256", "ppo.threads=1",
+        "reward.threads=1"]
 # the views of the same runs: (eval every, spot checks per eval or None = as run (12), what it is).
-# The budget view (last) was fixed after reading punchy-s0 only: 6 checks at 4 evals after the start
-# cap labels_used at 24, 13% of the 180 rankings the demo's reward model trains on, stop or no stop.
+# The budget views cap labels_used at 32 of the ~180 rankings the demo's reward model trains on
+# (18%), stop or no stop: 2 checks at each of 16 evals, or 4 at each of 8.
 VIEWS = ((5, None, "as run: eval every 5, 12 spot checks per eval"),
-         (10, None, "replayed: eval every 10 (the demo's), 12 spot checks per eval"),
-         (10, 6, "replayed: eval every 10, the first 6 of each eval's spot checks (the labels budget)"))
+         (5, 2, "replayed: eval every 5, the first 2 of each eval's spot checks (the labels budget)"),
+         (10, 4, "replayed: eval every 10, the first 4 of each eval's spot checks (the labels budget)"))
 RLHF_STEPS = ("recipe", "feedback", "rank", "reward", "ppo")
 
 
@@ -124,6 +129,30 @@ def spot_subsample(run: Path, evals: list[dict], k: int) -> list[dict]:
     return out
 
 
+def per_eval_decisions(evals: list[dict], limits, z: float = 2.0) -> tuple[int | None, int]:
+    """The guard's win-rate rule and shipping criterion before 2026-12-02, for comparison on the same
+    evidence: stop when an eval's own win rate fell below the best eval's by more than z pooled
+    standard errors (step 0's 0.5 exact); ship the eval with the highest own win rate (the earliest
+    on a tie) among those up to the stop; the other stop rules as the run's. -> (stop, shipped)."""
+    from dataclasses import replace
+
+    from rlhfkit.guard import STOP_RULES, pooled_se
+
+    seen: list[dict] = []
+    for e in evals:
+        seen.append(e)
+        labelled = [h for h in seen[1:] if h["labels"]]
+        fired = any(STOP_RULES[r](seen, replace(limits, win_drop=0)) for r in STOP_RULES if r != "win_rate")
+        if labelled and labelled[-1] is e:
+            best = max([seen[0]] + labelled[:-1], key=lambda h: h["win_rate"])
+            n_best = math.inf if best is seen[0] else best["labels"]
+            fired |= best["win_rate"] - e["win_rate"] > z * pooled_se(best["win_rate"], n_best, e["win_rate"], e["labels"])
+        if fired:
+            break
+    scored = [seen[0]] + [h for h in (seen[1:-1] if fired else seen[1:]) if h["labels"]]
+    return (seen[-1]["step"] if fired else None), max(scored, key=lambda h: (h["win_rate"], -h["step"]))["step"]
+
+
 def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict:
     """One run's row; every > 5 or spot_checks < 12: the guard's decisions replayed on that evidence."""
     from rlhfkit.guard import Limits, replay
@@ -138,9 +167,10 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
     if spot_checks is not None:
         evals = spot_subsample(run, evals, spot_checks)
     # replay() re-decides exactly what the observe run decided when given its own evals (checked below)
-    stop, reason, shipped = replay(evals, Limits(**gj["rules"]))
+    stop, reason, shipped = replay(evals, Limits(**gj["rules"]), gj.get("keep", 3))
     if every == 5 and spot_checks is None:
         assert (stop, shipped) == (gj["stop_step"], gj["shipped_step"]), (run, stop, shipped, gj["stop_step"])
+    old_stop, old_shipped = per_eval_decisions(evals, Limits(**gj["rules"]))
     last = stop if stop is not None else evals[-1]["step"]
     used = sum(e["labels"] for e in evals if e["step"] <= last)
     start, best = gold[0], max(gold.values())
@@ -150,6 +180,8 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
             "gold_start": start, "gold_best": best, "gold_best_step": max(gold, key=gold.get),
             "gold_shipped": gold[shipped], "regret": (best - gold[shipped]) / (best - start) if best > start else None,
             "labels_used": used, "rm_rankings": trained, "labels_frac": used / trained,
+            "per_eval_stop_step": old_stop, "per_eval_shipped_step": old_shipped,
+            "per_eval_regret": (best - gold[old_shipped]) / (best - start) if best > start else None,
             "rm_heldout_accuracy": json.loads((run / "rm" / "eval.json").read_text())["metrics"]["rm/accuracy"],
             "gold_by_step": gold, "proxy_by_step": {e["step"]: e["proxy"] for e in evals},
             "kl_by_step": {e["step"]: e["kl"] for e in evals},
@@ -160,15 +192,18 @@ def table(rows: list[dict]) -> str:
     def f(x, fmt="{:.3f}"):
         return "-" if x is None else fmt.format(x)
     out = [(f"{'run':<12} {'stop':>4} {'ship':>4} {'g_start':>7} {'g_best':>6}@{'st':<2} {'g_ship':>6} "
-            f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5} {'RMacc':>5}")]
+            f"{'regret':>6} {'labels':>6} {'RM rk':>5} {'frac':>5} {'RMacc':>5}  per-eval rule: stop ship regret")]
     for r in rows:
         out.append(f"{r['run']:<12} {f(r['stop_step'], '{}'):>4} {r['shipped_step']:>4} {r['gold_start']:7.3f} "
                    f"{r['gold_best']:6.3f}@{r['gold_best_step']:<2} {r['gold_shipped']:6.3f} "
                    f"{f(r['regret'], '{:.2f}'):>6} {r['labels_used']:>6} {r['rm_rankings']:>5} "
-                   f"{r['labels_frac']:5.2f} {r['rm_heldout_accuracy']:5.2f}")
+                   f"{r['labels_frac']:5.2f} {r['rm_heldout_accuracy']:5.2f}  {f(r['per_eval_stop_step'], '{}'):>19} "
+                   f"{r['per_eval_shipped_step']:>4} {f(r['per_eval_regret'], '{:.2f}'):>6}")
     regs = [r["regret"] for r in rows if r["regret"] is not None]
+    olds = [r["per_eval_regret"] for r in rows if r["per_eval_regret"] is not None]
     if regs:
-        out.append(f"mean regret {statistics.fmean(regs):.3f}, worst {max(regs):.3f} ({len(regs)} runs); "
+        out.append(f"mean regret {statistics.fmean(regs):.3f}, worst {max(regs):.3f} ({len(regs)} runs; the per-eval "
+                   f"rule: {statistics.fmean(olds):.3f}, {max(olds):.3f}); "
                    f"labels/RM rankings mean {statistics.fmean(r['labels_frac'] for r in rows):.3f}, "
                    f"max {max(r['labels_frac'] for r in rows):.3f}")
     return "\n".join(out)
@@ -257,7 +292,8 @@ def main() -> None:
                     (a.work / "walls.json").write_text(json.dumps({**old, **walls}, indent=1))
     done = [(n, s) for s in SEEDS for n in GOLDS if finished(a.work / f"{n}-s{s}")]
     sys.path.insert(0, str(HERE))
-    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base)}
+    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base),
+              "date": time.strftime("%Y-%m-%d")}
     walls_path = a.work / "walls.json"
     result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
     for every, k, what in VIEWS:

@@ -14,7 +14,8 @@ import pytest
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.files import UserError
 from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
-                           guard_mode, make_guard, rate_with_noise, repetition_rate, replay, simulated_responder)
+                           fitted_logit, guard_mode, keep_after, make_guard, rate_with_noise, repetition_rate, replay,
+                           sigmoid, simulated_responder, win_curve)
 
 QUALITY = "test_guard:quality"
 
@@ -54,14 +55,18 @@ def _h(step=0, **kw):
     ("disagreement", [_h(ensemble_std_rel=2.5)], Limits(disagreement_rise=2), True),
     ("disagreement", [_h(ensemble_std_rel=1.5)], Limits(disagreement_rise=2), False),
     ("disagreement", [_h()], Limits(disagreement_rise=2), False),  # one reward model: no signal
-    # best 0.8 -> 0.5, 20 labels each: pooled p 0.65, se sqrt(0.65 x 0.35 x (1/20 + 1/20)) = 0.151;
-    # drop 0.3 > 1 x 0.151 fires, < 3 x 0.151 = 0.452 does not; 0.8 -> 0.7: 0.1 < 0.151
+    # the win curve (fitted values checked in test_win_curve): 1.0 at step 10 then 0.0 at 20 (20 labels each)
+    # fits 0.833 -> 0.065, 4.27 logits down, se 0.90: fires at z = 3; 0.8 -> 0.5 fits 0.736 -> 0.524,
+    # 0.93 logits, se 0.59: fires at z = 1, not 2; 0.8 -> 0.7 fits 0.752 -> 0.717: never
+    ("win_rate", [_h(0), _h(10, win_rate=1.0, labels=20), _h(20, win_rate=0.0, labels=20)], Limits(win_drop=3), True),
     ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=1), True),
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=3), False),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=2), False),
     ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.7, labels=20)], Limits(win_drop=1), False),
-    # against the start's exact 0.5: se sqrt(0.25 / 12) = 0.144; 0.25 < 2 x 0.144 = 0.289 does not fire, z = 1 does
+    # against the start (0.5 by definition): 0.25 of 12 fits 0.252, 1.09 logits, se 0.66: z = 1 fires, 2 does not
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=2), False),
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=0), False),  # 0: off
+    ("win_rate", [_h(0), _h(5, win_rate=0.1, labels=20), _h(10)], Limits(win_drop=1), False),  # no labels of its own
     # agreement 0.9 -> 0.6 (20 each): pooled se 0.137, limit max(2 x 0.137, 0.25) = 0.274 < 0.3 fires; -> 0.7 does not
     ("agreement", [_h(0), _h(10, agreement=0.9, labels=20), _h(20, agreement=0.6, labels=20)],
      Limits(agreement_drop=0.25), True),
@@ -80,23 +85,58 @@ def test_stop_rules(rule, history, limits, fires):
         assert isinstance(reason, str) and reason
 
 
+def test_win_curve():
+    assert win_curve([_h(0), _h(10)]) is None  # no labels, no curve
+    # one labelled eval (x = 1): a and b enter only as a + b = c, so the symmetric prior splits it,
+    # a = b = c / 2, where the posterior's slope is 0: 6 - 8 sigmoid(c) = c / (2 x 5^2); bisection:
+    lo, hi = 0.0, 5.0
+    for _ in range(60):
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if 6 - 8 * sigmoid(c) - c / 50 > 0 else (lo, c)
+    (a, b), cov = win_curve([_h(0), _h(10, win_rate=0.75, labels=8)])
+    assert a == pytest.approx(c / 2, abs=1e-9) and b == pytest.approx(c / 2, abs=1e-9)
+    assert sigmoid(a + b) == pytest.approx(0.747, abs=1e-3)  # a little below 6 / 8: the prior
+    # the covariance: the inverse of [[w + 1/25, w], [w, w + 1/25]], w = 8 p (1 - p) at p = sigmoid(c)
+    w = 8 * sigmoid(c) * (1 - sigmoid(c))
+    det = (w + 1 / 25) ** 2 - w * w
+    assert cov[0][0] == pytest.approx((w + 1 / 25) / det) and cov[0][1] == pytest.approx(-w / det)
+    # a rise and a turn: 1.0 at step 10, 0.0 at step 20 (20 labels each): concave, the top before 20
+    (a, b), _ = win_curve([_h(0), _h(10, win_rate=1.0, labels=20), _h(20, win_rate=0.0, labels=20)])
+    assert a > 0 > b and sigmoid(fitted_logit((a, b), 10, 20)) == pytest.approx(0.833, abs=1e-3)
+    assert sigmoid(fitted_logit((a, b), 20, 20)) == pytest.approx(0.065, abs=1e-3)
+
+
 def test_choose_shipped_by_hand():
+    # win rates 0.7, (0.9 but a stop rule fired), 0.7 at 10, 20, 30 (8 labels each): the curve
+    # rises and bends; 20 cannot be shipped; of 10 and 30 the fitted curve is higher at 30
     h = [_h(0), _h(10, win_rate=0.7, labels=8), _h(20, win_rate=0.9, labels=8, fired=["kl_budget"]),
          _h(30, win_rate=0.7, labels=8)]
-    assert choose_shipped(h) == 10  # 20 fired; 10 and 30 tie at 0.7: the earlier
-    assert choose_shipped([_h(0), _h(10, win_rate=0.4, labels=8)]) == 0  # the start beats a losing policy
+    (a, b), _ = win_curve(h)
+    assert fitted_logit((a, b), 30, 30) > fitted_logit((a, b), 10, 30)
+    assert choose_shipped(h) == 30
+    assert choose_shipped(h, kept=[0, 10]) == 10  # 30's checkpoint is gone: the best of those kept
+    assert choose_shipped([_h(0), _h(10, win_rate=0.2, labels=8)]) == 0  # the start beats a losing policy
     assert choose_shipped([_h(0), _h(10), _h(20, fired=["length"])]) == 10  # no labels: the last step before
+    # the curve falls back: 0.9 at 10, 0.5 at 20 -> 10 is shipped, and stays kept
+    h = [_h(0), _h(10, win_rate=0.9, labels=10), _h(20, win_rate=0.5, labels=10)]
+    assert choose_shipped(h) == 10
+    assert keep_after(h, [0, 10], keep=2) == [10, 20]  # 10 (fitted 0.80) and 20 (0.53) over the start (0.5)
+    assert keep_after(h, [0, 10], keep=1) == [10]
+    assert keep_after([_h(0), _h(10, fired=["kl_budget"])], [0], keep=3) == [0]  # a fired eval is never kept
 
 
 def test_replay_with_other_limits():
-    # win rates 0.5 (exact) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start:
-    # z = 1 stops at the first dip (0.25 > sqrt(0.25 / 12) = 0.144) and ships the start
+    # win rates 0.5 (the start) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start:
+    # z = 1 stops at the first dip (fitted 0.252: 1.09 logits below the start, se 0.66) and ships the start
     ev = [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.75, labels=12), _h(15, win_rate=0.25, labels=12)]
     assert replay(ev, Limits(win_drop=1))[::2] == (5, 0)
-    # z = 2: step 5's 0.25 < 0.289; step 15's 0.5 > 2 x sqrt(0.25 x 2 / 12) = 0.408: stop there, ship 10
+    # z = 2: nothing fires (the dip, rise and dip average out on the curve: fitted 0.513, 0.462, 0.353
+    # at 5, 10, 15), so the curve's top among the evals is step 5, just above the start
     stop, reason, shipped = replay(ev, Limits(win_drop=2))
-    assert (stop, shipped) == (15, 10) and reason.startswith("win_rate")
-    assert replay(ev, Limits(win_drop=0)) == (None, "no stop rule fired", 10)
+    assert (stop, shipped) == (None, 5) and reason == "no stop rule fired"
+    assert replay(ev, Limits(win_drop=0)) == (None, "no stop rule fired", 5)
+    # keep = 1: after step 10 (the curve then 0.351 at 5, 0.711 at 10) only 10 survived, so 5 cannot come back
+    assert replay(ev, Limits(win_drop=0), keep=1)[2] == 10
 
 
 def test_mode_defaults_on_for_a_learned_reward():
@@ -130,7 +170,7 @@ def _guard(tmp_path, mode="on", respond=True, **kw):
         (path / "step.txt").write_text(str(current[0]))
         saved.append(current[0])
     current = [0]
-    g = Guard(mode, tmp_path / "out", Limits(length_ratio=2.0, repetition_rise=0.25), spot_checks=4,
+    g = Guard(mode, tmp_path / "out", Limits(length_ratio=2.0, repetition_rise=0.25), spot_checks=6,
               respond=simulated_responder(QUALITY, 0.0, seed=0) if respond else None, save_best=save_best, **kw)
     return g, current, saved
 
@@ -152,20 +192,24 @@ def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
     assert stops == [False, False, False, True]  # stopped at step 30, step 40 never ran
     gj = json.loads((tmp_path / "out" / "guard.json").read_text())
     # a noiseless person prefers quality 7 and 8 over the start's 5 every time (win rate 1), and 2 never:
-    # the win rate falls 1 -> 0 and the RM (always preferring the policy) falls from agreeing 1 -> 0
+    # the win rate falls 1 -> 0 (the curve: 0.807, 0.725, 0.201 at 10, 20, 30; 2.81 logits down, se 1.06)
+    # and the RM (always preferring the policy) falls from agreeing 1 -> 0
     assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0]
     assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0]
     assert gj["stop_step"] == 30 and "win_rate" in gj["reason"] and "agreement" in gj["reason"]
-    assert gj["shipped_step"] == 10 and saved == [0, 10]  # 10 and 20 tie: the earlier
-    assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"
-    assert gj["labels_used"] == 12 and metrics["guard/labels_used"] == 12.0  # 4 per eval after step 0
+    # at step 20 the curve still rose (0.943, 0.999): 20 was shipped; step 30 bent it, and 10 is the top
+    assert gj["shipped_step"] == 10 and saved == [0, 10, 20] and gj["kept"] == [0, 10, 20]
+    assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"  # a copy of candidates/step-10
+    assert sorted(d.name for d in (tmp_path / "out" / "candidates").iterdir()) == ["step-0", "step-10", "step-20"]
+    assert not (tmp_path / "out" / "best.tmp").exists()
+    assert gj["labels_used"] == 18 and metrics["guard/labels_used"] == 18.0  # 6 per eval after step 0
     assert metrics["guard/stop"] == 1.0 and metrics["guard/shipped_step"] == 10.0 and gj["criterion"]
     # the exploits: step 30's responses lost every spot check while the RM preferred them by 3.0
-    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(30, 3.0)] * 4
+    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(30, 3.0)] * 5  # the top 5 of 6
     assert gj["exploits"][0]["response"].startswith("quality 2") and gj["exploits"][0]["start_response"].startswith("quality 5")
     with FeedbackStore.for_run(tmp_path / "out") as store:
         rows = store.rankings()
-    assert len(rows) == 12 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
+    assert len(rows) == 18 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
     assert {m for r in rows for m in r["models"]} == {"step-0", "step-10", "step-20", "step-30"}
 
 
@@ -176,8 +220,8 @@ def test_observe_runs_on_and_keeps_what_it_would_have_shipped(tmp_path):
     gj = json.loads((tmp_path / "out" / "guard.json").read_text())
     assert gj["stop_step"] == 30 and gj["shipped_step"] == 10 and gj["mode"] == "observe"
     # step 40 wins every spot check, but came after the would-be stop: best/ stays step 10's
-    assert gj["evals"][-1]["win_rate"] == 1.0 and saved == [0, 10]
-    assert gj["labels_used"] == 12 and gj["labels_total"] == 16
+    assert gj["evals"][-1]["win_rate"] == 1.0 and saved == [0, 10, 20]
+    assert gj["labels_used"] == 18 and gj["labels_total"] == 24
 
 
 def test_gold_in_the_samples_changes_nothing(tmp_path):
@@ -237,7 +281,7 @@ def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):
     finally:
         done.set()
         th.join()
-    assert g.history[-1]["labels"] == 4 and g.history[-1]["win_rate"] == 1.0
+    assert g.history[-1]["labels"] == 6 and g.history[-1]["win_rate"] == 1.0
 
 
 # ---------------------------------------------------------------- end to end: PPO with the guard

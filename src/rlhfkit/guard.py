@@ -17,7 +17,8 @@ the last step) the guard measures on the held-out prompts, logged as guard/*:
   store and answered by whoever ranks in this run (`guard_labeler`: a simulated person that
   ranks through the store; empty: people on the ranking page, waited for up to
   `guard_wait_s`). From them the labeler's win rate of the policy over the start (with its
-  standard error) and the reward model's agreement with the labeler on those pairs. Without a
+  standard error), the win curve fitted to all of them so far (`win_curve`, guard/win_fit) and
+  the reward model's agreement with the labeler on those pairs. Without a
   `guard_labeler` and with `guard_wait_s = 0` (the default) no one is asked, and the guard
   runs on its label-free signals.
 
@@ -28,7 +29,8 @@ Stop rules (STOP_RULES, each -> a reason or None) fire on that evidence; `guard 
 run at the eval where one fires; `observe` runs on and records the step it would have stopped
 at, with the checkpoint it would have shipped then. The checkpoint shipped follows
 SHIPPED_CRITERION, using only evals up to the stop, and is written as OUT/best/ (an HF dir)
-with OUT/guard.json.
+with OUT/guard.json. Later evidence can move the choice back to an earlier eval, so the
+`guard_keep` most promising evals' checkpoints wait in OUT/candidates/.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ from rlhfkit.config import key
 from rlhfkit.files import UserError, atomic_write_text
 
 MODES = ("on", "observe", "off")
-SHIPPED_CRITERION = ("the eval step with the highest spot-check win rate over the starting policy (step 0, the "
-                     "start itself, counts as 0.5), among the eval steps up to the stop at which no stop rule fired; "
-                     "the earliest on a tie (the least drift for the same evidence); with no spot-check labels at "
-                     "all, the last eval step before the stop")
+SHIPPED_CRITERION = ("the eval step with the highest fitted win rate over the starting policy (win_curve: logit = "
+                     "a x + b x^2 in x = step / the latest eval's step, fitted to all spot checks so far; step 0, "
+                     "the start itself, is 0.5), among the eval steps up to the stop at which no stop rule fired "
+                     "and whose checkpoint is kept (guard_keep); the earliest on a tie (the least drift for the "
+                     "same evidence); with no spot-check labels at all, the last such eval step")
 
 
 @dataclass
@@ -61,8 +64,10 @@ class GuardKeys:
                                               "multiple of its value on the starting policy's (0: off)")
     guard_spot_checks: int = key(16, "fresh comparisons of the policy vs the starting policy per eval (0: none)")
     # z = 2: a policy as good as its best so far trips the rule at ~2% of evals (one-sided)
-    guard_win_drop: float = key(2.0, "stop when the spot-check win rate falls from its best by more than this many "
-                                     "pooled standard errors of the difference (0: off)")
+    guard_win_drop: float = key(2.0, "stop when the fitted win rate at the latest eval falls below its best eval's by "
+                                     "more than this many standard errors of the difference (0: off)")
+    guard_keep: int = key(3, "candidate checkpoints kept (OUT/candidates/step-N, the best by fitted win rate): "
+                             "what the guard can still ship when later evidence moves its choice back")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on spot checks "
                                             "falls this far below its best, and by more than 2 standard errors "
                                             "(0: off)")
@@ -168,10 +173,9 @@ def pooled_se(p1: float, n1: float, p2: float, n2: float) -> float:
 def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0.0) -> str | None:
     """The latest rate `key_` fell below its best so far by more than z pooled standard errors
     (a one-sided two-proportion test: z = 2 is ~2% false alarms per eval for an unchanged rate)
-    and by more than min_drop; -> a reason or None. A rate counts from its `labels` comparisons;
-    step 0's win rate (the start against itself) is exact."""
+    and by more than min_drop; -> a reason or None. A rate counts from its `labels` comparisons."""
     def n(h):
-        return math.inf if h is history[0] and key_ == "win_rate" else h["labels"]
+        return h["labels"]
     seen = [h for h in history if h.get(key_) is not None and n(h)]
     if len(seen) < 2 or seen[-1] is not history[-1]:
         return None
@@ -182,6 +186,52 @@ def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0
         return (f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: "
                 f"a drop of {drop:.3f} > {limit:.3f}")
     return None
+
+
+PRIOR_SD = 5.0  # logits: a weak prior on the win curve's coefficients (real win rates stay within logits +-2)
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+
+
+def win_curve(history: list[dict], prior_sd: float = PRIOR_SD) -> tuple[tuple[float, float], list[list[float]]] | None:
+    """All spot checks so far as one curve over the eval steps: logit P(the policy at step t beats
+    the start) = a x + b x^2, x = t / the latest eval's step (x = 0, the start against itself: 0.5
+    by definition, so no intercept); -> ((a, b), their 2 x 2 covariance) or None without labels.
+
+    Why one curve: the few labels an eval can afford cannot tell evals apart (12 give a win rate
+    +- 0.14), but together they pin a smooth rise and turn, the shape Gao et al. (2022) measure
+    for a policy optimised against a reward model (the gold score rises, then falls, with the
+    distance from the start; they fit it against sqrt(KL), we fit over steps, which every eval
+    has exactly). A and b are the maximum a posteriori estimate of the outcomes' binomial
+    likelihood (a tie counts half a win) under independent normal priors of sd `prior_sd`, so
+    two labelled evals give a curve and 3 wins of 3 do not send it to infinity; Newton's method;
+    the covariance is the inverse Hessian there (Laplace)."""
+    pts = [(h["step"], h["win_rate"] * h["labels"], h["labels"]) for h in history[1:] if h.get("labels")]
+    if not pts:
+        return None
+    last = history[-1]["step"] or 1
+    lam, a, b = 1 / prior_sd ** 2, 0.0, 0.0
+    for _ in range(100):
+        ga, gb, haa, hab, hbb = -lam * a, -lam * b, lam, 0.0, lam  # gradient and -Hessian of the log posterior
+        for t, wins, n in pts:
+            x = t / last
+            p = sigmoid(a * x + b * x * x)
+            ga, gb = ga + (wins - n * p) * x, gb + (wins - n * p) * x * x
+            w = n * p * (1 - p)
+            haa, hab, hbb = haa + w * x * x, hab + w * x ** 3, hbb + w * x ** 4
+        det = haa * hbb - hab * hab
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        a, b = a + da, b + db
+        if abs(da) + abs(db) < 1e-12:
+            break
+    return (a, b), [[hbb / det, -hab / det], [-hab / det, haa / det]]
+
+
+def fitted_logit(coef: tuple[float, float], step: int, last: int) -> float:
+    x = step / (last or 1)
+    return coef[0] * x + coef[1] * x * x
 
 
 # ----------------------------------------------------------------------------- stop rules
@@ -201,9 +251,25 @@ def rule_disagreement(h: list[dict], lim: Limits) -> str | None:
 
 
 def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
-    if not lim.win_drop:
+    """The fitted win rate (win_curve) at the latest eval is below its value at the best earlier
+    eval by more than win_drop standard errors of that difference (the delta method over the
+    curve's covariance); only at an eval with labels of its own."""
+    if not lim.win_drop or len(h) < 2 or not h[-1].get("labels"):
         return None
-    return fell_from_best(h, "win_rate", lim.win_drop)
+    fit = win_curve(h)
+    if fit is None:
+        return None
+    coef, cov = fit
+    last = h[-1]["step"]
+    best = max(h[:-1], key=lambda e: fitted_logit(coef, e["step"], last))
+    drop = fitted_logit(coef, best["step"], last) - fitted_logit(coef, last, last)
+    xb, xl = best["step"] / last, 1.0
+    g = (xb - xl, xb * xb - xl * xl)
+    se = math.sqrt(max(0.0, g[0] * g[0] * cov[0][0] + 2 * g[0] * g[1] * cov[0][1] + g[1] * g[1] * cov[1][1]))
+    if drop <= lim.win_drop * se:
+        return None
+    return (f"fitted win rate fell from {sigmoid(fitted_logit(coef, best['step'], last)):.3f} (step {best['step']}) "
+            f"to {sigmoid(fitted_logit(coef, last, last)):.3f}: {drop:.2f} logits > {lim.win_drop:g} x se {se:.2f}")
 
 
 def rule_agreement(h: list[dict], lim: Limits) -> str | None:
@@ -232,27 +298,43 @@ STOP_RULES: dict[str, Callable[[list[dict], Limits], str | None]] = {
 }
 
 
-def choose_shipped(history: list[dict]) -> int:
-    """SHIPPED_CRITERION over eval records {"step", "win_rate", "labels", "fired"}; history[0] is step 0."""
-    ok = [h for h in history if not h["fired"]] or history[:1]
-    if not any(h["labels"] for h in history):
-        return ok[-1]["step"]
-    scored = [h for h in ok if h is history[0] or h["labels"]]
-    return max(scored, key=lambda h: (h["win_rate"], -h["step"]))["step"]
+def _rank_key(history: list[dict]) -> Callable[[int], tuple]:
+    """Eval steps' order of preference (highest first): by fitted win rate, the earlier on a tie;
+    without labels, the later (no evidence against drift yet)."""
+    fit, last = win_curve(history), history[-1]["step"]
+    if fit is None:
+        return lambda step: (step,)
+    return lambda step: (fitted_logit(fit[0], step, last), -step)
 
 
-def replay(evals: list[dict], limits: Limits) -> tuple[int | None, str, int]:
+def keep_after(history: list[dict], kept: list[int], keep: int) -> list[int]:
+    """The candidate checkpoints after the latest eval: it joins the kept ones (unless a stop rule
+    fired on it) and the `keep` most preferred stay (at least 1: best/ must exist)."""
+    cands = kept + ([history[-1]["step"]] if not history[-1]["fired"] else [])
+    return sorted(sorted(cands, key=_rank_key(history), reverse=True)[:max(1, keep)])
+
+
+def choose_shipped(history: list[dict], kept: list[int] | None = None) -> int:
+    """SHIPPED_CRITERION over eval records {"step", "win_rate", "labels", "fired"}; history[0] is
+    step 0; `kept`: the steps whose checkpoint still exists (None: all)."""
+    ok = [h["step"] for h in history if not h["fired"] and (kept is None or h["step"] in kept)] or [0]
+    return max(ok, key=_rank_key(history))
+
+
+def replay(evals: list[dict], limits: Limits, keep: int = 3) -> tuple[int | None, str, int]:
     """The decisions the guard would have made with other limits, from guard.json's `evals` of an
     observe run (its evidence at every eval does not depend on the rules): -> (stop step or None,
     reason, shipped step). Exact, because each decision reads only the evals up to it."""
     seen: list[dict] = []
+    kept: list[int] = []
     for e in evals:
         seen.append({**e, "fired": []})
         fired = {name: r for name, fn in STOP_RULES.items() if (r := fn(seen, limits))}
         seen[-1]["fired"] = sorted(fired)
+        kept = keep_after(seen, kept, keep)
         if fired:
-            return e["step"], "; ".join(f"{k}: {v}" for k, v in fired.items()), choose_shipped(seen)
-    return None, "no stop rule fired", choose_shipped(seen)
+            return e["step"], "; ".join(f"{k}: {v}" for k, v in fired.items()), choose_shipped(seen, kept)
+    return None, "no stop rule fired", choose_shipped(seen, kept)
 
 
 # ----------------------------------------------------------------------------- the guard
@@ -266,12 +348,12 @@ class Guard:
     def __init__(self, mode: str, out: str | Path, limits: Limits, spot_checks: int, store_spec: str = "",
                  respond: Callable | None = None, wait_s: float = 0.0, seed: int = 0,
                  save_best: Callable[[Path], None] | None = None, member_scores: Callable | None = None,
-                 is_main: bool = True, poll_s: float = 2.0):
+                 is_main: bool = True, poll_s: float = 2.0, keep: int = 3):
         if mode not in ("on", "observe"):
             raise UserError(f"guard mode {mode!r}: a Guard runs on or observe")
         self.mode, self.out, self.limits, self.spot_checks = mode, Path(out), limits, spot_checks
         self.store_spec, self.respond, self.wait_s, self.seed, self.poll_s = store_spec, respond, wait_s, seed, poll_s
-        self.save_best, self.member_scores, self.is_main = save_best, member_scores, is_main
+        self.save_best, self.member_scores, self.is_main, self.keep = save_best, member_scores, is_main, keep
         self._store = None
         self.start: dict | None = None  # the starting policy: responses and rewards per eval prompt, signals
         self.history: list[dict] = []
@@ -279,6 +361,8 @@ class Guard:
         self.stop_step: int | None = None
         self.reason = ""
         self.shipped_step: int | None = None
+        self.kept: list[int] = []  # eval steps whose checkpoint is in OUT/candidates/ (keep_after)
+        self.best_step: int | None = None  # the step OUT/best/ holds
         self.labels_used = 0  # labels read up to the stop (what an `on` run spends)
         self.labels_total = 0
         self.exploits: list[dict] = []  # lost spot checks the reward model preferred: what RL found to game
@@ -309,6 +393,8 @@ class Guard:
             "labels": len(labels), "win_rate": win, "win_se": win_se, "agreement": agree, "agreement_se": agree_se,
         }
         self.history.append(rec)
+        fit = win_curve(self.history)
+        rec["win_fit"] = sigmoid(fitted_logit(fit[0], step, step)) if fit is not None else None
         fired = {name: r for name, fn in STOP_RULES.items() if (r := fn(self.history, self.limits))}
         rec["fired"] = sorted(fired)
         self.labels_total += len(labels)
@@ -317,15 +403,36 @@ class Guard:
             self.labels_used += len(labels)
             if fired:
                 self.stop_step, self.reason, stop_now = step, "; ".join(f"{k}: {v}" for k, v in fired.items()), True
-            shipped = choose_shipped(self.history)
-            if shipped == step and self.save_best is not None and self.is_main:
-                self.save_best(self.out / "best")  # the policy at this eval is the one to ship
-            self.shipped_step = shipped
+            self.kept = keep_after(self.history, self.kept, self.keep)
+            self.shipped_step = choose_shipped(self.history, self.kept)
+            self._checkpoints(step)
         self.write()
         metrics = {f"guard/{k}": float(v) for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
         metrics.update({"guard/labels_used": float(self.labels_used), "guard/shipped_step": float(self.shipped_step),
                         "guard/stop": float(stop_now)})
         return metrics, stop_now and self.mode == "on"
+
+    def _checkpoints(self, step: int) -> None:
+        """This eval's policy into OUT/candidates/step-N if it is kept, the candidates no longer kept
+        removed, and OUT/best/ made a copy of the shipped one when that changed (a fresh copy, then
+        renamed over the old one: best/ is never half-written)."""
+        if self.save_best is None or not self.is_main:
+            return
+        import shutil
+
+        cands = self.out / "candidates"
+        if step in self.kept:
+            self.save_best(cands / f"step-{step}")
+        for d in cands.glob("step-*") if cands.is_dir() else []:
+            if int(d.name.split("-")[1]) not in self.kept:
+                shutil.rmtree(d)
+        if self.shipped_step != self.best_step:
+            tmp, best = self.out / "best.tmp", self.out / "best"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(cands / f"step-{self.shipped_step}", tmp)
+            shutil.rmtree(best, ignore_errors=True)
+            tmp.rename(best)
+            self.best_step = self.shipped_step
 
     # ---- spot checks through the store
     def _spot_check(self, step: int, records: list[dict], seen: list[dict]) -> tuple[list[float], list[float]]:
@@ -405,7 +512,8 @@ class Guard:
         return {"mode": self.mode, "shipped_step": self.shipped_step, "stop_step": self.stop_step,
                 "reason": self.reason or (f"no stop rule fired up to step {self.history[-1]['step']}"
                                             if self.history else "no eval yet"), "labels_used": self.labels_used,
-                "labels_total": self.labels_total, "criterion": SHIPPED_CRITERION,
+                "labels_total": self.labels_total, "criterion": SHIPPED_CRITERION, "keep": self.keep,
+                "kept": self.kept,
                 "rules": {name: v for name, v in asdict(self.limits).items()},
                 "spot_checks_per_eval": self.spot_checks, "evals": self.history,
                 # the top exploits seen up to the stop: lost to the start, preferred by the reward model
@@ -419,7 +527,8 @@ class Guard:
 
     def state_dict(self) -> dict:
         return {"start": self.start, "history": self.history, "tasks": self.tasks, "stop_step": self.stop_step,
-                "reason": self.reason, "shipped_step": self.shipped_step, "labels_used": self.labels_used,
+                "reason": self.reason, "shipped_step": self.shipped_step, "kept": self.kept,
+                "best_step": self.best_step, "labels_used": self.labels_used,
                 "labels_total": self.labels_total, "exploits": self.exploits}
 
     def load_state_dict(self, d: dict) -> None:
@@ -477,4 +586,4 @@ def make_guard(cfg: GuardKeys, reward: str, out: str | Path, seed: int, policy=N
     respond = (simulated_responder(cfg.guard_labeler, cfg.guard_labeler_temperature, seed)
                if cfg.guard_labeler else None)
     return Guard(mode, out, Limits.from_keys(cfg), cfg.guard_spot_checks, cfg.guard_db, respond, cfg.guard_wait_s,
-                 seed, save_best, ensemble_scorer(reward), is_main)
+                 seed, save_best, ensemble_scorer(reward), is_main, keep=cfg.guard_keep)

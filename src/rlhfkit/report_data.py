@@ -17,7 +17,7 @@ from rlhfkit.files import UserError
 
 PIPELINE = ["world", "tokenizer", "pretrain", "sft", "feedback", "reward", "ppo", "grpo", "rloo", "dpo", "eval"]
 RL_KINDS = ("ppo", "grpo", "rloo")
-SKIP_DIRS = {"checkpoints", "best", "ref_logprobs", "__pycache__"}
+SKIP_DIRS = {"checkpoints", "best", "candidates", "ref_logprobs", "__pycache__"}
 
 
 @dataclass

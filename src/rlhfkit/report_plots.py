@@ -121,6 +121,7 @@ RL_PANELS = [  # (title, y label, [(key, legend, colour)])
     ("response length", "tokens", [("rollout/length_mean", "rollout", C["length"]),
                                    ("eval/length_mean", "held-out", C["eval"])]),
     ("guard signals", "rate / ratio", [("guard/win_rate", "spot-check win rate", C["gold"]),
+                                       ("guard/win_fit", "win curve fitted to the checks so far", C["ship"]),
                                        ("guard/agreement", "RM-labeler agreement", C["proxy"]),
                                        ("guard/ensemble_std_rel", "ensemble disagreement (rel.)", C["stop"])]),
 ]
