@@ -166,10 +166,12 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
     evals = [e for e in gj["evals"] if e["step"] % every == 0]
     if spot_checks is not None:
         evals = spot_subsample(run, evals, spot_checks)
-    # replay() re-decides exactly what the observe run decided when given its own evals (checked below)
+    # replay() re-decides exactly what an observe run decided when given its own evals and the same
+    # rules (the evidence does not depend on them); a run made under older rules is re-decided by these
     stop, reason, shipped = replay(evals, Limits(**gj["rules"]), gj.get("keep", 3))
-    if every == 5 and spot_checks is None:
-        assert (stop, shipped) == (gj["stop_step"], gj["shipped_step"]), (run, stop, shipped, gj["stop_step"])
+    if every == 5 and spot_checks is None and (stop, shipped) != (gj["stop_step"], gj["shipped_step"]):
+        print(f"{run.name}: replayed with the current rules: stop {stop}, ship {shipped} (the run itself, under "
+              f"the rules it started with: stop {gj['stop_step']}, ship {gj['shipped_step']})")
     old_stop, old_shipped = per_eval_decisions(evals, Limits(**gj["rules"]))
     last = stop if stop is not None else evals[-1]["step"]
     used = sum(e["labels"] for e in evals if e["step"] <= last)
@@ -240,11 +242,16 @@ def plot(run: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def spread(base: Path) -> dict:
-    """Each gold over BASE's SFT samples (its feedback store: 4 per prompt): do rankings carry signal?"""
+def spread(base: Path, work: Path) -> dict:
+    """Each gold over the SFT samples of BASE's feedback store (else the joke-s0 run's: the same
+    SFT model, 4 samples per prompt): do rankings carry signal?"""
     from rlhfkit.feedback.labelers import load_gold
 
-    con = sqlite3.connect(f"file:{base / 'feedback' / 'feedback.db'}?mode=ro", uri=True)
+    db = next((d for d in (base / "feedback" / "feedback.db", work / "joke-s0" / "feedback" / "feedback.db")
+               if d.is_file()), None)
+    if db is None:
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     rows = list(con.execute("select p.text, r.text, r.prompt_id from responses r join prompts p on p.id = r.prompt_id"))
     out = {}
     for name, spec in GOLDS.items():
@@ -292,7 +299,7 @@ def main() -> None:
                     (a.work / "walls.json").write_text(json.dumps({**old, **walls}, indent=1))
     done = [(n, s) for s in SEEDS for n in GOLDS if finished(a.work / f"{n}-s{s}")]
     sys.path.insert(0, str(HERE))
-    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base),
+    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base, a.work),
               "date": time.strftime("%Y-%m-%d")}
     walls_path = a.work / "walls.json"
     result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}

@@ -68,9 +68,9 @@ class GuardKeys:
                                      "more than this many standard errors of the difference (0: off)")
     guard_keep: int = key(3, "candidate checkpoints kept (OUT/candidates/step-N, the best by fitted win rate): "
                              "what the guard can still ship when later evidence moves its choice back")
-    guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on spot checks "
-                                            "falls this far below its best, and by more than 2 standard errors "
-                                            "(0: off)")
+    guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on the spot "
+                                            "checks of the latest 2 labelled evals falls this far below its value "
+                                            "over the earlier ones, and by more than 2 standard errors (0: off)")
     # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
     # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
     guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
@@ -170,24 +170,6 @@ def pooled_se(p1: float, n1: float, p2: float, n2: float) -> float:
     return math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
 
 
-def fell_from_best(history: list[dict], key_: str, z: float, min_drop: float = 0.0) -> str | None:
-    """The latest rate `key_` fell below its best so far by more than z pooled standard errors
-    (a one-sided two-proportion test: z = 2 is ~2% false alarms per eval for an unchanged rate)
-    and by more than min_drop; -> a reason or None. A rate counts from its `labels` comparisons."""
-    def n(h):
-        return h["labels"]
-    seen = [h for h in history if h.get(key_) is not None and n(h)]
-    if len(seen) < 2 or seen[-1] is not history[-1]:
-        return None
-    now = seen[-1]
-    best = max(seen[:-1], key=lambda h: h[key_])
-    drop, limit = best[key_] - now[key_], max(z * pooled_se(best[key_], n(best), now[key_], n(now)), min_drop)
-    if drop > limit:
-        return (f"{key_} fell from {best[key_]:.3f} (step {best['step']}) to {now[key_]:.3f}: "
-                f"a drop of {drop:.3f} > {limit:.3f}")
-    return None
-
-
 PRIOR_SD = 5.0  # logits: a weak prior on the win curve's coefficients (real win rates stay within logits +-2)
 
 
@@ -272,10 +254,27 @@ def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
             f"to {sigmoid(fitted_logit(coef, last, last)):.3f}: {drop:.2f} logits > {lim.win_drop:g} x se {se:.2f}")
 
 
-def rule_agreement(h: list[dict], lim: Limits) -> str | None:
-    if not lim.agreement_drop:
+AGREEMENT_WINDOW = 2  # labelled evals pooled as "now" by the agreement rule
+
+
+def rule_agreement(h: list[dict], lim: Limits, window: int = AGREEMENT_WINDOW, z: float = 2.0) -> str | None:
+    """The reward model's agreement with the labeler, pooled over the latest `window` labelled
+    evals, fell below its pooled value over all earlier labelled evals (at least two) by more than
+    z pooled standard errors and by more than agreement_drop. Pooled, not the best single eval:
+    with ~12 checks an eval, the best of ten evals sits ~1.5 se above the truth, and a rule
+    against it fired on noise (both demo seeds of the 2026-12-02 regret runs)."""
+    lab = [e for e in h[1:] if e.get("agreement") is not None and e["labels"]]
+    if not lim.agreement_drop or len(lab) < window + 2 or lab[-1] is not h[-1]:
         return None
-    return fell_from_best(h, "agreement", 2.0, lim.agreement_drop)
+    before, now = lab[:-window], lab[-window:]
+    n1, n2 = sum(e["labels"] for e in before), sum(e["labels"] for e in now)
+    p1 = sum(e["agreement"] * e["labels"] for e in before) / n1
+    p2 = sum(e["agreement"] * e["labels"] for e in now) / n2
+    drop, limit = p1 - p2, max(z * pooled_se(p1, n1, p2, n2), lim.agreement_drop)
+    if drop <= limit:
+        return None
+    return (f"agreement fell from {p1:.3f} (steps {before[0]['step']}-{before[-1]['step']}) to {p2:.3f} "
+            f"(steps {now[0]['step']}-{now[-1]['step']}): a drop of {drop:.3f} > {limit:.3f}")
 
 
 def rule_length(h: list[dict], lim: Limits) -> str | None:
