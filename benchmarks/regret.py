@@ -68,14 +68,14 @@ def trimmed_recipe(work: Path) -> Path:
     return path
 
 
-def start_run(base: Path, work: Path, recipe: Path, name: str, seed: int) -> subprocess.Popen:
+def start_run(base: Path, work: Path, recipe: Path, name: str, seed: int, extra: list[str]) -> subprocess.Popen:
     run = work / f"{name}-s{seed}"
     run.mkdir(parents=True, exist_ok=True)
     for sub in ("world", "tokenizer", "sft"):
         if not (run / sub).exists():
             shutil.copytree(base / sub, run / sub)
     cmd = [sys.executable, "-m", "rlhfkit", "run", str(recipe), "--run", str(run), "--labeler", GOLDS[name],
-           "--seed", str(seed)] + [x for s in SETS for x in ("--set", s)]
+           "--seed", str(seed)] + [x for s in SETS + extra for x in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     print(f"start {name}-s{seed}: {' '.join(cmd)}", flush=True)
@@ -274,8 +274,11 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--only", nargs="*", help="run names (e.g. joke-s0) to run; default all")
     p.add_argument("--table-only", action="store_true", help="no runs: the table from what exists")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=V",
+                   help="more recipe keys for every run (e.g. ppo.learning_rate=6e-5 for a hotter PPO)")
     p.add_argument("--plot-run", default="punchy-s0")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--name", default="", help="results as regretNAME.json / .png (e.g. _hot)")
     a = p.parse_args()
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -288,7 +291,7 @@ def main() -> None:
         while todo or running:
             while todo and len(running) < a.jobs:
                 n, s = todo.pop(0)
-                running.append((f"{n}-s{s}", time.time(), start_run(a.base.resolve(), a.work, recipe, n, s)))
+                running.append((f"{n}-s{s}", time.time(), start_run(a.base.resolve(), a.work, recipe, n, s, a.set)))
             time.sleep(5)
             for item in list(running):
                 if item[2].poll() is not None:
@@ -299,7 +302,7 @@ def main() -> None:
                     (a.work / "walls.json").write_text(json.dumps({**old, **walls}, indent=1))
     done = [(n, s) for s in SEEDS for n in GOLDS if finished(a.work / f"{n}-s{s}")]
     sys.path.insert(0, str(HERE))
-    result = {"settings": SETS, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base, a.work),
+    result = {"settings": SETS + a.set, "golds": GOLDS, "spot_checks_per_eval": 12, "spread_over_sft_samples": spread(a.base, a.work),
               "date": time.strftime("%Y-%m-%d")}
     walls_path = a.work / "walls.json"
     result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
@@ -309,10 +312,10 @@ def main() -> None:
         print(table(rows))
         result[f"every{every}_checks{k or 12}"] = {"what": what, "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "regret.json").write_text(json.dumps(result, indent=1))
+    (a.out / f"regret{a.name}.json").write_text(json.dumps(result, indent=1))
     if finished(a.work / a.plot_run):
-        plot(a.work / a.plot_run, a.out / "regret.png")
-        print(f"plot: {a.out / 'regret.png'}")
+        plot(a.work / a.plot_run, a.out / f"regret{a.name}.png")
+        print(f"plot: {a.out / f'regret{a.name}.png'}")
 
 
 if __name__ == "__main__":

@@ -67,17 +67,19 @@ def _h(step=0, **kw):
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=0), False),  # 0: off
     ("win_rate", [_h(0), _h(5, win_rate=0.1, labels=20), _h(10)], Limits(win_drop=1), False),  # no labels of its own
-    # agreement 0.9, 0.9 then 0.5, 0.5 (20 labels each): the latest two pooled (0.5 of 40) against the
-    # earlier (0.9 of 40): pooled p 0.7, se sqrt(0.7 x 0.3 x (1/40 + 1/40)) = 0.102, limit max(2 x 0.102,
-    # 0.25) = 0.25 < 0.4 fires; 0.7, 0.7: 0.2 does not; one lower eval (0.9, 0.9, 0.9, 0.5: now 0.7) does not
+    # agreement 0.9, 0.9 then 0.5, 0.5 (20 labels each): the latest 16+ checks are step 40's 20 (0.5), the
+    # earlier 60 pooled 0.767: pooled p 0.7, se sqrt(0.7 x 0.3 x (1/60 + 1/20)) = 0.118, limit max(2 x 0.118,
+    # 0.25) = 0.25 < 0.267 fires; 0.9, 0.9, 0.7, 0.7: 0.767 -> 0.7 does not
     ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.5, 0.5], 1)],
      Limits(agreement_drop=0.25), True),
     ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.7, 0.7], 1)],
      Limits(agreement_drop=0.25), False),
-    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.9, 0.5], 1)],
+    # 8 checks an eval: the latest two (16) pooled against the earlier: 1.0 of 16 -> 0.5 of 16 fires
+    # (pooled p 0.75, se 0.153, limit max(0.306, 0.25) < 0.5); 2 evals only: no earlier pool of 16, no rule
+    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=8) for i, a in enumerate([1.0, 1.0, 0.5, 0.5], 1)],
+     Limits(agreement_drop=0.25), True),
+    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=8) for i, a in enumerate([1.0, 0.0], 1)],
      Limits(agreement_drop=0.25), False),
-    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.2, 0.2], 1)],
-     Limits(agreement_drop=0.25), False),  # 3 labelled evals: fewer than 2 before the window
     ("length", [_h(length_ratio=0.4)], Limits(length_ratio=2), True),
     ("length", [_h(length_ratio=2.5)], Limits(length_ratio=2), True),
     ("length", [_h(length_ratio=1.5)], Limits(length_ratio=2), False),
@@ -202,7 +204,7 @@ def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
     # and the RM (always preferring the policy) falls from agreeing 1 -> 0
     assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0]
     assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0]
-    # (the agreement rule pools 2 evals against at least 2 earlier ones: not yet at step 30)
+    # (the agreement rule pools 16 checks against 16 earlier ones: 6 an eval, not yet at step 30)
     assert gj["stop_step"] == 30 and gj["reason"].startswith("win_rate:") and "agreement" not in gj["reason"]
     # at step 20 the curve still rose (0.943, 0.999): 20 was shipped; step 30 bent it, and 10 is the top
     assert gj["shipped_step"] == 10 and saved == [0, 10, 20] and gj["kept"] == [0, 10, 20]

@@ -68,9 +68,9 @@ class GuardKeys:
                                      "more than this many standard errors of the difference (0: off)")
     guard_keep: int = key(3, "candidate checkpoints kept (OUT/candidates/step-N, the best by fitted win rate): "
                              "what the guard can still ship when later evidence moves its choice back")
-    guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on the spot "
-                                            "checks of the latest 2 labelled evals falls this far below its value "
-                                            "over the earlier ones, and by more than 2 standard errors (0: off)")
+    guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on the latest "
+                                            "16 or more spot checks falls this far below its value over the earlier "
+                                            "ones (16 or more), and by more than 2 standard errors (0: off)")
     # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
     # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
     guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
@@ -254,20 +254,27 @@ def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
             f"to {sigmoid(fitted_logit(coef, last, last)):.3f}: {drop:.2f} logits > {lim.win_drop:g} x se {se:.2f}")
 
 
-AGREEMENT_WINDOW = 2  # labelled evals pooled as "now" by the agreement rule
+AGREEMENT_LABELS = 16  # the agreement rule's two pools each hold at least this many spot checks
 
 
-def rule_agreement(h: list[dict], lim: Limits, window: int = AGREEMENT_WINDOW, z: float = 2.0) -> str | None:
-    """The reward model's agreement with the labeler, pooled over the latest `window` labelled
-    evals, fell below its pooled value over all earlier labelled evals (at least two) by more than
-    z pooled standard errors and by more than agreement_drop. Pooled, not the best single eval:
-    with ~12 checks an eval, the best of ten evals sits ~1.5 se above the truth, and a rule
-    against it fired on noise (both demo seeds of the 2026-12-02 regret runs)."""
+def rule_agreement(h: list[dict], lim: Limits, min_labels: int = AGREEMENT_LABELS, z: float = 2.0) -> str | None:
+    """The reward model's agreement with the labeler, pooled over the latest labelled evals that
+    hold at least `min_labels` spot checks, fell below its pooled value over all earlier labelled
+    evals (again at least `min_labels`) by more than z pooled standard errors and by more than
+    agreement_drop. Pooled, not the best single eval: with 4-12 checks an eval, the best of ten
+    evals sits well above the truth, and a rule against it fired on noise (the demo's seeds in
+    the 2026-12-02 regret runs)."""
     lab = [e for e in h[1:] if e.get("agreement") is not None and e["labels"]]
-    if not lim.agreement_drop or len(lab) < window + 2 or lab[-1] is not h[-1]:
+    if not lim.agreement_drop or not lab or lab[-1] is not h[-1]:
         return None
-    before, now = lab[:-window], lab[-window:]
-    n1, n2 = sum(e["labels"] for e in before), sum(e["labels"] for e in now)
+    k, n2 = len(lab), 0
+    while k > 0 and n2 < min_labels:  # the latest evals, back to min_labels checks
+        k -= 1
+        n2 += lab[k]["labels"]
+    before, now = lab[:k], lab[k:]
+    n1 = sum(e["labels"] for e in before)
+    if n2 < min_labels or n1 < min_labels:
+        return None
     p1 = sum(e["agreement"] * e["labels"] for e in before) / n1
     p2 = sum(e["agreement"] * e["labels"] for e in now) / n2
     drop, limit = p1 - p2, max(z * pooled_se(p1, n1, p2, n2), lim.agreement_drop)
