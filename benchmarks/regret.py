@@ -43,8 +43,9 @@ SEEDS = (0, 1)
 # 80 steps: twice the demo's, so the person's score has time to turn; 256 of the 300 held-out
 # prompts per eval, so a step's gold mean (the yardstick of regret, one sample per prompt at T=1)
 # carries +-0.008 of noise instead of +-0.015 with the demo's 64
-SETS = ["ppo.guard=observe", "ppo.max_steps=80", "ppo.eval_every=5", "ppo.eval_max_prompts=256", "ppo.threads=1",
-        "reward.threads=1"]
+# 12 spot checks per eval (the demo asks 4): the views below replay the guard on fewer of them
+SETS = ["ppo.guard=observe", "ppo.max_steps=80", "ppo.eval_every=5", "ppo.eval_max_prompts=256",
+        "ppo.guard_spot_checks=12", "ppo.threads=1", "reward.threads=1"]
 # the views of the same runs: (eval every, spot checks per eval or None = as run (12), what it is).
 # The budget views cap labels_used at 32 of the ~180 rankings the demo's reward model trains on
 # (18%), stop or no stop: 2 checks at each of 16 evals, or 4 at each of 8.

@@ -15,7 +15,7 @@ from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.files import UserError
 from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
                            fitted_logit, guard_mode, keep_after, make_guard, rate_with_noise, repetition_rate, replay,
-                           sigmoid, simulated_responder, win_curve)
+                           sigmoid, simulated_responder, win_curve, win_drop)
 
 QUALITY = "test_guard:quality"
 
@@ -55,17 +55,21 @@ def _h(step=0, **kw):
     ("disagreement", [_h(ensemble_std_rel=2.5)], Limits(disagreement_rise=2), True),
     ("disagreement", [_h(ensemble_std_rel=1.5)], Limits(disagreement_rise=2), False),
     ("disagreement", [_h()], Limits(disagreement_rise=2), False),  # one reward model: no signal
-    # the win curve (fitted values checked in test_win_curve): 1.0 at step 10 then 0.0 at 20 (20 labels each)
-    # fits 0.833 -> 0.065, 4.27 logits down, se 0.90: fires at z = 3; 0.8 -> 0.5 fits 0.736 -> 0.524,
-    # 0.93 logits, se 0.59: fires at z = 1, not 2; 0.8 -> 0.7 fits 0.752 -> 0.717: never
-    ("win_rate", [_h(0), _h(10, win_rate=1.0, labels=20), _h(20, win_rate=0.0, labels=20)], Limits(win_drop=3), True),
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=1), True),
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)], Limits(win_drop=2), False),
-    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.7, labels=20)], Limits(win_drop=1), False),
-    # against the start (0.5 by definition): 0.25 of 12 fits 0.252, 1.09 logits, se 0.66: z = 1 fires, 2 does not
-    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=2), False),
-    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
-    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=0), False),  # 0: off
+    # the win-rate rule: win_drop (test_win_drop) at this eval and at the labelled eval before it.
+    # 0.8, 0.5, 0.4 (20 labels each): at 20 the curve fell 0.93 logits (se 0.59), at 30 1.08 (se 0.57):
+    # both > 1 se, fires at z = 1, not at z = 2; 0.8, 0.7, 0.2: at 30 a fall of 2.20 logits (se 0.63),
+    # but at 20 none (0.752 -> 0.717 is no fall): one bad eval does not stop the run, at any z
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20),
+                  _h(30, win_rate=0.4, labels=20)], Limits(win_drop=1), True),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20),
+                  _h(30, win_rate=0.4, labels=20)], Limits(win_drop=2), False),
+    ("win_rate", [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.7, labels=20),
+                  _h(30, win_rate=0.2, labels=20)], Limits(win_drop=1), False),
+    # against the start (0.5 by definition): 0.25 of 12 twice: fitted 0.252 then 0.235 (1.18 logits, se 0.66)
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.25, labels=12)], Limits(win_drop=1), True),
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.25, labels=12)], Limits(win_drop=2), False),
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), False),  # no eval before it
+    ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.25, labels=12)], Limits(win_drop=0), False),
     ("win_rate", [_h(0), _h(5, win_rate=0.1, labels=20), _h(10)], Limits(win_drop=1), False),  # no labels of its own
     # agreement 0.9, 0.9 then 0.5, 0.5 (20 labels each): the latest 16+ checks are step 40's 20 (0.5), the
     # earlier 60 pooled 0.767: pooled p 0.7, se sqrt(0.7 x 0.3 x (1/60 + 1/20)) = 0.118, limit max(2 x 0.118,
@@ -114,6 +118,18 @@ def test_win_curve():
     assert sigmoid(fitted_logit((a, b), 20, 20)) == pytest.approx(0.065, abs=1e-3)
 
 
+def test_win_drop():
+    # 1.0 at step 10 then 0.0 at 20 (20 labels each) fits 0.833 -> 0.065: 4.27 logits down, se 0.90
+    h = [_h(0), _h(10, win_rate=1.0, labels=20), _h(20, win_rate=0.0, labels=20)]
+    assert win_drop(h, 3.0).startswith("fitted win rate fell from 0.833 (step 10) to 0.065: 4.27 logits > 3 x se 0.90")
+    # 0.8 -> 0.5 fits 0.736 -> 0.524: 0.93 logits, se 0.59: beyond 1 se, not 2
+    h = [_h(0), _h(10, win_rate=0.8, labels=20), _h(20, win_rate=0.5, labels=20)]
+    assert win_drop(h, 1.0) is not None and win_drop(h, 2.0) is None
+    # against the start: 0.25 of 12 fits 0.252, 1.09 logits below 0.5, se 0.66
+    assert win_drop([_h(0), _h(5, win_rate=0.25, labels=12)], 1.0) is not None
+    assert win_drop([_h(0), _h(5, win_rate=0.25, labels=12)], 2.0) is None
+
+
 def test_choose_shipped_by_hand():
     # win rates 0.7, (0.9 but a stop rule fired), 0.7 at 10, 20, 30 (8 labels each): the curve
     # rises and bends; 20 cannot be shipped; of 10 and 30 the fitted curve is higher at 30
@@ -134,10 +150,11 @@ def test_choose_shipped_by_hand():
 
 
 def test_replay_with_other_limits():
-    # win rates 0.5 (the start) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start:
-    # z = 1 stops at the first dip (fitted 0.252: 1.09 logits below the start, se 0.66) and ships the start
+    # win rates 0.5 (the start) -> 0.25 -> 0.75 -> 0.25, 12 labels each after the start: the first dip
+    # falls beyond 1 se (fitted 0.252: 1.09 logits below the start, se 0.66), but not twice in a row
     ev = [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.75, labels=12), _h(15, win_rate=0.25, labels=12)]
-    assert replay(ev, Limits(win_drop=1))[::2] == (5, 0)
+    assert replay(ev, Limits(win_drop=1))[0] is None
+    assert replay(ev[:2] + [_h(10, win_rate=0.25, labels=12)], Limits(win_drop=1))[::2] == (10, 0)  # twice: stop
     # z = 2: nothing fires (the dip, rise and dip average out on the curve: fitted 0.513, 0.462, 0.353
     # at 5, 10, 15), so the curve's top among the evals is step 5, just above the start
     stop, reason, shipped = replay(ev, Limits(win_drop=2))
@@ -161,7 +178,7 @@ PROMPTS = [f"Tell me a joke about animal {i}." for i in range(6)]
 RECORDS = [{"prompt": p, "messages": [{"role": "user", "content": p}]} for p in PROMPTS]
 # (step, quality of the policy's response, proxy reward): the person's score rises then falls,
 # the proxy keeps rising: over-optimisation at step 30
-RUN = [(0, 5, 0.0), (10, 7, 1.0), (20, 8, 2.0), (30, 2, 3.0), (40, 9, 4.0)]
+RUN = [(0, 5, 0.0), (10, 7, 1.0), (20, 8, 2.0), (30, 2, 3.0), (40, 2, 4.0), (50, 9, 5.0)]
 
 
 def _samples(step, q, reward, gold=None):
@@ -197,40 +214,42 @@ def _drive(g, current, run=RUN, gold=None):
 def test_on_mode_stops_at_the_turn_and_ships_the_best_seen(tmp_path):
     g, current, saved = _guard(tmp_path)
     stops, metrics = _drive(g, current)
-    assert stops == [False, False, False, True]  # stopped at step 30, step 40 never ran
+    assert stops == [False, False, False, False, True]  # stopped at step 40, step 50 never ran
     gj = json.loads((tmp_path / "out" / "guard.json").read_text())
     # a noiseless person prefers quality 7 and 8 over the start's 5 every time (win rate 1), and 2 never:
-    # the win rate falls 1 -> 0 (the curve: 0.807, 0.725, 0.201 at 10, 20, 30; 2.81 logits down, se 1.06)
-    # and the RM (always preferring the policy) falls from agreeing 1 -> 0
-    assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0]
-    assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0]
-    # (the agreement rule pools 16 checks against 16 earlier ones: 6 an eval, not yet at step 30)
-    assert gj["stop_step"] == 30 and gj["reason"].startswith("win_rate:") and "agreement" not in gj["reason"]
-    # at step 20 the curve still rose (0.943, 0.999): 20 was shipped; step 30 bent it, and 10 is the top
+    # the win rate falls 1 -> 0 at 30 (the curve: 0.807, 0.725, 0.201 at 10, 20, 30; 2.81 logits down,
+    # se 1.06) and stays there at 40 (0.698, 0.623, 0.268, 0.025): the second fall in a row stops the run;
+    # the RM (always preferring the policy) falls from agreeing 1 -> 0
+    assert [e["win_rate"] for e in gj["evals"]] == [0.5, 1.0, 1.0, 0.0, 0.0]
+    assert [e["agreement"] for e in gj["evals"]] == [None, 1.0, 1.0, 0.0, 0.0]
+    # (the agreement rule pools 16+ checks against 16+ earlier ones: 6 an eval, not yet at step 40)
+    assert gj["stop_step"] == 40 and gj["reason"].startswith("win_rate:") and "agreement" not in gj["reason"]
+    # at step 20 the curve still rose (0.943, 0.999): 20 was shipped; step 30 bent it (and was not kept:
+    # 0.201 < the start's 0.5), and 10 is the top
     assert gj["shipped_step"] == 10 and saved == [0, 10, 20] and gj["kept"] == [0, 10, 20]
     assert (tmp_path / "out" / "best" / "step.txt").read_text() == "10"  # a copy of candidates/step-10
     assert sorted(d.name for d in (tmp_path / "out" / "candidates").iterdir()) == ["step-0", "step-10", "step-20"]
     assert not (tmp_path / "out" / "best.tmp").exists()
-    assert gj["labels_used"] == 18 and metrics["guard/labels_used"] == 18.0  # 6 per eval after step 0
+    assert gj["labels_used"] == 24 and metrics["guard/labels_used"] == 24.0  # 6 per eval after step 0
     assert metrics["guard/stop"] == 1.0 and metrics["guard/shipped_step"] == 10.0 and gj["criterion"]
-    # the exploits: step 30's responses lost every spot check while the RM preferred them by 3.0
-    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(30, 3.0)] * 5  # the top 5 of 6
+    # the exploits: steps 30 and 40 lost every spot check while the RM preferred them (by 3.0 and 4.0)
+    assert [(e["step"], round(e["margin"], 6)) for e in gj["exploits"]] == [(40, 4.0)] * 5  # the top 5 of 12
     assert gj["exploits"][0]["response"].startswith("quality 2") and gj["exploits"][0]["start_response"].startswith("quality 5")
     with FeedbackStore.for_run(tmp_path / "out") as store:
         rows = store.rankings()
-    assert len(rows) == 18 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
-    assert {m for r in rows for m in r["models"]} == {"step-0", "step-10", "step-20", "step-30"}
+    assert len(rows) == 24 and {r["annotator"] for r in rows} == {"guard-sim"} and {r["kind"] for r in rows} == {"arena"}
+    assert {m for r in rows for m in r["models"]} == {"step-0", "step-10", "step-20", "step-30", "step-40"}
 
 
 def test_observe_runs_on_and_keeps_what_it_would_have_shipped(tmp_path):
     g, current, saved = _guard(tmp_path, mode="observe")
     stops, _ = _drive(g, current)
-    assert stops == [False] * 5  # ran to the end
+    assert stops == [False] * 6  # ran to the end
     gj = json.loads((tmp_path / "out" / "guard.json").read_text())
-    assert gj["stop_step"] == 30 and gj["shipped_step"] == 10 and gj["mode"] == "observe"
-    # step 40 wins every spot check, but came after the would-be stop: best/ stays step 10's
+    assert gj["stop_step"] == 40 and gj["shipped_step"] == 10 and gj["mode"] == "observe"
+    # step 50 wins every spot check, but came after the would-be stop: best/ stays step 10's
     assert gj["evals"][-1]["win_rate"] == 1.0 and saved == [0, 10, 20]
-    assert gj["labels_used"] == 18 and gj["labels_total"] == 24
+    assert gj["labels_used"] == 24 and gj["labels_total"] == 30
 
 
 def test_gold_in_the_samples_changes_nothing(tmp_path):

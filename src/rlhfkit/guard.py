@@ -65,7 +65,8 @@ class GuardKeys:
     guard_spot_checks: int = key(16, "fresh comparisons of the policy vs the starting policy per eval (0: none)")
     # z = 2: a policy as good as its best so far trips the rule at ~2% of evals (one-sided)
     guard_win_drop: float = key(2.0, "stop when the fitted win rate at the latest eval falls below its best eval's by "
-                                     "more than this many standard errors of the difference (0: off)")
+                                     "more than this many standard errors of the difference, at two labelled evals "
+                                     "in a row (0: off)")
     guard_keep: int = key(3, "candidate checkpoints kept (OUT/candidates/step-N, the best by fitted win rate): "
                              "what the guard can still ship when later evidence moves its choice back")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on the latest "
@@ -232,11 +233,11 @@ def rule_disagreement(h: list[dict], lim: Limits) -> str | None:
     return f"ensemble disagreement {rel:.2f}x the start's > {lim.disagreement_rise:g}x"
 
 
-def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
+def win_drop(h: list[dict], z: float) -> str | None:
     """The fitted win rate (win_curve) at the latest eval is below its value at the best earlier
-    eval by more than win_drop standard errors of that difference (the delta method over the
-    curve's covariance); only at an eval with labels of its own."""
-    if not lim.win_drop or len(h) < 2 or not h[-1].get("labels"):
+    eval by more than z standard errors of that difference (the delta method over the curve's
+    covariance); only at an eval with labels of its own. -> a reason or None."""
+    if len(h) < 2 or not h[-1].get("labels"):
         return None
     fit = win_curve(h)
     if fit is None:
@@ -248,10 +249,24 @@ def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
     xb, xl = best["step"] / last, 1.0
     g = (xb - xl, xb * xb - xl * xl)
     se = math.sqrt(max(0.0, g[0] * g[0] * cov[0][0] + 2 * g[0] * g[1] * cov[0][1] + g[1] * g[1] * cov[1][1]))
-    if drop <= lim.win_drop * se:
+    if drop <= z * se:
         return None
     return (f"fitted win rate fell from {sigmoid(fitted_logit(coef, best['step'], last)):.3f} (step {best['step']}) "
-            f"to {sigmoid(fitted_logit(coef, last, last)):.3f}: {drop:.2f} logits > {lim.win_drop:g} x se {se:.2f}")
+            f"to {sigmoid(fitted_logit(coef, last, last)):.3f}: {drop:.2f} logits > {z:g} x se {se:.2f}")
+
+
+def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
+    """`win_drop` at this eval and at the labelled eval before it: the latest point of a fitted
+    curve has the most leverage on it, so one unlucky eval bends it down (with 12 checks an eval
+    that fired at ~1 in 8 runs that never turned: the 2026-12-02 regret runs); a real turn holds
+    at the next eval, and costs one eval's delay."""
+    if not lim.win_drop:
+        return None
+    now = win_drop(h, lim.win_drop)
+    labelled = [i for i in range(1, len(h) - 1) if h[i].get("labels")]
+    if now is None or not labelled or win_drop(h[:labelled[-1] + 1], lim.win_drop) is None:
+        return None
+    return now + f" (and at step {h[labelled[-1]]['step']})"
 
 
 AGREEMENT_LABELS = 16  # the agreement rule's two pools each hold at least this many spot checks
