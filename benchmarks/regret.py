@@ -50,6 +50,8 @@ SETS = ["ppo.guard=observe", "ppo.max_steps=80", "ppo.eval_every=5", "ppo.eval_m
 # The budget views cap labels_used at 32 of the ~180 rankings the demo's reward model trains on
 # (18%), stop or no stop: 2 checks at each of 16 evals, or 4 at each of 8.
 VIEWS = ((5, None, "as run: eval every 5, 12 spot checks per eval"),
+         (5, 6, "replayed: eval every 5, the first 6 of each eval's spot checks"),
+         (5, 4, "replayed: eval every 5, the first 4 of each eval's spot checks (the demo's 4, over twice its steps)"),
          (5, 2, "replayed: eval every 5, the first 2 of each eval's spot checks (the labels budget)"),
          (10, 4, "replayed: eval every 10, the first 4 of each eval's spot checks (the labels budget)"))
 RLHF_STEPS = ("recipe", "feedback", "rank", "reward", "ppo")
