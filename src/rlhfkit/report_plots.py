@@ -12,7 +12,8 @@ import math
 
 # one colour per meaning, the same in every figure
 C = {"train": "#1f77b4", "eval": "#ff7f0e", "proxy": "#1f77b4", "gold": "#2ca02c", "kl": "#9467bd",
-     "entropy": "#8c564b", "length": "#7f7f7f", "ship": "#2ca02c", "stop": "#d62728", "peak": "#bcbd22"}
+     "entropy": "#8c564b", "length": "#7f7f7f", "ship": "#2ca02c", "stop": "#d62728", "peak": "#bcbd22",
+     "fit": "#17becf"}
 
 
 def _plt():
@@ -121,7 +122,7 @@ RL_PANELS = [  # (title, y label, [(key, legend, colour)])
     ("response length", "tokens", [("rollout/length_mean", "rollout", C["length"]),
                                    ("eval/length_mean", "held-out", C["eval"])]),
     ("guard signals", "rate / ratio", [("guard/win_rate", "spot-check win rate", C["gold"]),
-                                       ("guard/win_fit", "win curve fitted to the checks so far", C["ship"]),
+                                       ("guard/win_fit", "win curve fitted to the checks so far", C["fit"]),
                                        ("guard/agreement", "RM-labeler agreement", C["proxy"]),
                                        ("guard/ensemble_std_rel", "ensemble disagreement (rel.)", C["stop"])]),
 ]
