@@ -71,15 +71,18 @@ def _h(step=0, **kw):
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12)], Limits(win_drop=1), False),  # no eval before it
     ("win_rate", [_h(0), _h(5, win_rate=0.25, labels=12), _h(10, win_rate=0.25, labels=12)], Limits(win_drop=0), False),
     ("win_rate", [_h(0), _h(5, win_rate=0.1, labels=20), _h(10)], Limits(win_drop=1), False),  # no labels of its own
-    # agreement 0.9, 0.9 then 0.5, 0.5 (20 labels each): the latest 16+ checks are step 40's 20 (0.5), the
-    # earlier 60 pooled 0.767: pooled p 0.7, se sqrt(0.7 x 0.3 x (1/60 + 1/20)) = 0.118, limit max(2 x 0.118,
-    # 0.25) = 0.25 < 0.267 fires; 0.9, 0.9, 0.7, 0.7: 0.767 -> 0.7 does not
-    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.5, 0.5], 1)],
+    # agreement 0.9, 0.9 then 0.4, 0.4 (20 labels each): the latest 16+ checks are step 40's 20 (0.4), the
+    # earlier 60 pooled 0.733: pooled p 0.65, se sqrt(0.65 x 0.35 x (1/60 + 1/20)) = 0.123, limit
+    # max(2.5 x 0.123, 0.25) = 0.308 < 0.333 fires; 0.9, 0.9, 0.5, 0.5 (0.767 -> 0.5: 0.267 < 2.5 x 0.118) and
+    # 0.9, 0.9, 0.7, 0.7 do not
+    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.4, 0.4], 1)],
      Limits(agreement_drop=0.25), True),
+    ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.5, 0.5], 1)],
+     Limits(agreement_drop=0.25), False),
     ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=20) for i, a in enumerate([0.9, 0.9, 0.7, 0.7], 1)],
      Limits(agreement_drop=0.25), False),
     # 8 checks an eval: the latest two (16) pooled against the earlier: 1.0 of 16 -> 0.5 of 16 fires
-    # (pooled p 0.75, se 0.153, limit max(0.306, 0.25) < 0.5); 2 evals only: no earlier pool of 16, no rule
+    # (pooled p 0.75, se 0.153, limit max(2.5 x 0.153, 0.25) = 0.383 < 0.5); 2 evals only: no earlier pool of 16
     ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=8) for i, a in enumerate([1.0, 1.0, 0.5, 0.5], 1)],
      Limits(agreement_drop=0.25), True),
     ("agreement", [_h(0)] + [_h(10 * i, agreement=a, labels=8) for i, a in enumerate([1.0, 0.0], 1)],

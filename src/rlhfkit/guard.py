@@ -71,7 +71,7 @@ class GuardKeys:
                              "what the guard can still ship when later evidence moves its choice back")
     guard_agreement_drop: float = key(0.25, "stop when the reward model's agreement with the labeler on the latest "
                                             "16 or more spot checks falls this far below its value over the earlier "
-                                            "ones (16 or more), and by more than 2 standard errors (0: off)")
+                                            "ones (16 or more), and by more than 2.5 standard errors (0: off)")
     # the degeneration rules are off by default: length and repetition are logged (guard/length_ratio,
     # guard/repetition) for every run, but a tiny or terse model trips a fixed ratio without being gamed
     guard_length_ratio: float = key(0.0, "stop when the mean response length (words) leaves [start / r, start * r] "
@@ -270,9 +270,13 @@ def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
 
 
 AGREEMENT_LABELS = 16  # the agreement rule's two pools each hold at least this many spot checks
+# the rule is tested at every eval, so 2 standard errors fired on noise in 2 of 24 regret runs
+# (benchmarks/regret.py, 2026-12-02, 12 checks an eval); 2.5 fired only in the two that over-optimised
+AGREEMENT_Z = 2.5
 
 
-def rule_agreement(h: list[dict], lim: Limits, min_labels: int = AGREEMENT_LABELS, z: float = 2.0) -> str | None:
+def rule_agreement(h: list[dict], lim: Limits, min_labels: int = AGREEMENT_LABELS, z: float = AGREEMENT_Z
+                   ) -> str | None:
     """The reward model's agreement with the labeler, pooled over the latest labelled evals that
     hold at least `min_labels` spot checks, fell below its pooled value over all earlier labelled
     evals (again at least `min_labels`) by more than z pooled standard errors and by more than
