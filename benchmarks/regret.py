@@ -225,7 +225,7 @@ def plot(run: Path, path: Path) -> None:
     proxy = [s["proxy_by_step"][k] for k in steps]
     kl = [s["kl_by_step"][k] for k in steps]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
-    for ax, x, label in ((axes[0], steps, "PPO step"), (axes[1], kl, "KL to the SFT model (eval)")):
+    for ax, x, label in ((axes[0], steps, "PPO step"), (axes[1], kl, "KL to the SFT model (that step's rollout)")):
         ax.plot(x, gold, "o-", color="C0", label="gold (the person)")
         ax.set_xlabel(label)
         ax.set_ylabel("gold mean", color="C0")
