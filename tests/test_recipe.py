@@ -230,9 +230,14 @@ def _start_human(p, port):
     import subprocess
     import sys
 
+    import signal
+
+    # Ctrl-C must reach it as in a terminal: a test run started in the background of a shell without
+    # job control inherits SIGINT ignored, and a Python started so installs no KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "run", str(p), "--human", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:  # the person reads the address and the token off the screen
         seen.append(line)
