@@ -3,6 +3,8 @@
     python benchmarks/bench_sampler.py --out bench_sampler.json
     python benchmarks/bench_sampler.py --models demo-3m --batches 1 8 --new-tokens 32
     python benchmarks/bench_sampler.py --models smollm2-135m --batches 16 64 --group 8   # RL groups
+    python benchmarks/bench_sampler.py --models smollm2-135m --batches 1 16 64 --threads 1 \
+        --backends torch --matmuls before auto --repeat 3      # before vs after, alternating
 
 Random-weight models of two shapes (no download): SmolLM2-135M's LlamaConfig and a ~3M
 parameter demo-sized Llama. Prompts are ~32 random tokens, no eos (every row runs the full
@@ -10,10 +12,13 @@ parameter demo-sized Llama. Prompts are ~32 random tokens, no eos (every row run
 distinct prompts), as GRPO's groups do; the sampler then prefills each distinct prompt once.
 tokens/s = batch x new tokens / wall time of one `generate` call (prefill included), best of
 `--repeat` runs after a warm-up.
-Roofline: a decoded token costs ~2 x params FLOPs, so the peak is `--peak-gflops` / (2 params).
-On a shared machine wall time measures the neighbours too: tok/cpu-s (tokens per CPU-second
-of this process) and cpu-roof (that, against one core's share of the peak) show what a quiet
-machine would, when run with --threads 1.
+Roofline: a decoded token costs ~2 x params FLOPs, so the peak is the matmul peak / (2 params);
+the peak is measured in every round (a 2048^2 fp32 matmul on the same threads, best of 3) unless
+`--peak-gflops` gives it. On a shared machine wall time measures the neighbours too: tok/cpu-s
+(tokens per CPU-second per thread) and cpu-roof (that against the peak measured by CPU time)
+show what a quiet machine would. `--matmuls` compares the Llama fast path's product paths
+(generation/matmul.py) in the same run, in turn; "ratio" is the median over rounds of the first
+variant's CPU time over this one's.
 Targets (performance issue): batch-1 >= 2x HF generate; >= 50% of roofline at batch 64 (135M).
 """
 
@@ -77,7 +82,7 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["torch", "hf"])
     p.add_argument("--matmuls", nargs="+", default=["auto"],
                    help="the torch backend's product paths to compare (generation/matmul.py MATMULS; "
-                        "auto: its own choice; mkl: the path before 2026-12-02)")
+                        "auto: its own choice; before: the code before 2026-12-02, MKL and an unchunked prefill)")
     p.add_argument("--peak-gflops", type=float, default=0.0,
                    help="fp32 peak for the roofline; 0: measure a 2048^2 matmul on the same threads in each round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
@@ -91,6 +96,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from rlhfkit.generation import sampler
+    from rlhfkit.generation.llama_fast import LlamaRunner
 
     load = os.getloadavg()[0]  # other processes on the machine skew every wall-clock figure
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f}; "
@@ -116,12 +122,15 @@ def main() -> None:
 
             def run(variant, n=args.new_tokens):
                 backend, mm = variant
-                sampler.MATMUL = None if mm in ("auto", "-") else mm
+                sampler.MATMUL = {"auto": None, "-": None, "before": "mkl"}.get(mm, mm)
+                chunk = LlamaRunner.PREFILL_TOKENS
+                if mm == "before":
+                    LlamaRunner.PREFILL_TOKENS = 1 << 30
                 try:
                     return generate(model, prompts, max_new_tokens=n, temperature=1.0, eos_token_ids=(),
                                     pad_token_id=0, generator=torch.Generator().manual_seed(0), backend=backend)
                 finally:
-                    sampler.MATMUL = None
+                    sampler.MATMUL, LlamaRunner.PREFILL_TOKENS = None, chunk
 
             for v in variants:
                 run(v, 4)  # warm-up: allocator, thread pool, lazy imports

@@ -85,6 +85,8 @@ class LlamaRunner:
     only (0 for the first real prompt token), as HF generate does for left padding.
     """
 
+    PREFILL_TOKENS = 256  # prompt tokens per chunk of the prefill (see prefill)
+
     def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None):
         from torch import nn
 
@@ -141,9 +143,10 @@ class LlamaRunner:
         return n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
-                 quant: bool = False) -> torch.Tensor:
-        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows :B,
-        slots n..n+S-1. quant: through the int8 copies (self.quant)."""
+                 quant: bool = False, row0: int = 0) -> torch.Tensor:
+        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows
+        row0..row0+B-1, slots n..n+S-1 (the caller then moves self.n on by S). quant: through
+        the int8 copies (self.quant)."""
         B, S = ids.shape
         H, Hkv, hd, start = self.H, self.Hkv, self.hd, self.n
         end = start + S
@@ -154,7 +157,7 @@ class LlamaRunner:
             linear, layers = self.quant.linear, self.quant.layers
         for (n1, e1, wqkv, bqkv, (wo, bo), n2, e2, (wg, bg), (wu, bu), (wd, bd), act), kc, vc \
                 in zip(layers, self.k_cache, self.v_cache):
-            kc, vc = kc[:B], vc[:B]  # a prefill of the distinct prompts fills the first rows only
+            kc, vc = kc[row0:row0 + B], vc[row0:row0 + B]  # a prefill fills its rows only
             qkv = linear(_rms_norm(x, n1, e1), wqkv, bqkv).view(B, S, H + 2 * Hkv, hd)
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
             kc[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
@@ -169,7 +172,6 @@ class LlamaRunner:
             else:
                 u = linear(h, wu, bu)
             x = x + linear(act(g) * u, wd, bd)
-        self.n = end
         return _rms_norm(x[:, -1], *self.norm)
 
     def _head(self, h: torch.Tensor, quant: bool = False) -> torch.Tensor:
@@ -185,7 +187,14 @@ class LlamaRunner:
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # pad queries may see themselves so no softmax row is empty (NaN would reach the cache)
         attn = (causal & mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
-        h = self._forward(ids, pos, attn[:, None])
+        # in chunks of rows of ~PREFILL_TOKENS tokens: each chunk's activations (256 x 1536 fp32:
+        # 1.5 MB) stay in cache and in memory the allocator reuses, where a whole 64 x 32 batch's
+        # are 12.6 MB each, written to fresh pages (~7 ms of page faults per such tensor here).
+        # A row's numbers do not depend on the other rows of a product (matmul.py)
+        step = max(1, self.PREFILL_TOKENS // P)
+        h = torch.cat([self._forward(ids[r:r + step], pos[r:r + step], attn[r:r + step, None], row0=r)
+                       for r in range(0, U, step)])
+        self.n = P
         if rows is None:
             self.key_mask[:U, :P] = mask
             return self._head(h)
@@ -204,6 +213,7 @@ class LlamaRunner:
         self.key_mask[:R, self.n] = True
         quant = self.quant is not None
         h = self._forward(tok[:, None], pos[:, None], self.key_mask[:R, None, None, : self.n + 1], quant)
+        self.n += 1
         return self._head(h, quant)
 
     def keep(self, rows):
