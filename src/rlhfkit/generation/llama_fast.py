@@ -1,5 +1,6 @@
 """The Llama fast path of the "torch" sampler: a LlamaForCausalLM (SmolLM2 is one) run from its
-own weights, with a preallocated KV cache, by a runner the sampler drives.
+own weights, with a preallocated KV cache, by a runner the sampler drives. Its matrix products
+go through one of generation/matmul.py's paths (by default the fastest exact one for the call).
 
 The runner reads the model's weights (peft LoRA deltas folded in, so adapters apply without
 peft's module machinery) and runs the layers itself, so that per token there is no HF module

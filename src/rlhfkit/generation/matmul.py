@@ -10,7 +10,8 @@
   215 ms with MKL, 16 rows 62 vs 87, 4 rows 32 vs 58 (MKL without the few-rows layout); the
   LM head (49152 x 576) at 64 rows 38 vs 62 ms for MKL's blocked head, at 16 rows 13 vs 27;
   a 2048-row prefill 4.4 vs 5.7 s. The reorder costs ~0.5 s for SmolLM2-135M (one thread),
-  so `pick` takes it only for calls long enough to pay it back.
+  so `pick` takes it only for calls long enough to pay it back. The reordered copies live as
+  long as the runner (one `generate` call): the fp32 weights' memory twice over meanwhile.
 - "onednn-plain": the same kernel on the weights as they are (no reorder, nothing fused):
   ~15% slower than the reordered weights at 64 rows, still ~20% faster than MKL.
 
