@@ -61,8 +61,7 @@ def matmul_peak(n: int = 2048, repeat: int = 3) -> tuple[float, float]:
     CPU time per thread), best of `repeat`; measured beside the sampler so that a roofline under
     the same load (and thread count) goes with each figure."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    wall, cpu = timed(lambda: [a @ b for _ in range(repeat)])
+    a @ b  # warm-up
     # best of: a single product is short enough to be descheduled rarely
     best_w, best_c = float("inf"), float("inf")
     for _ in range(repeat):
@@ -120,7 +119,7 @@ def main() -> None:
             distinct = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
             prompts = [p for p in distinct for _ in range(args.group)][:B]
 
-            def run(variant, n=args.new_tokens):
+            def run(variant, n=args.new_tokens, model=model, prompts=prompts):
                 backend, mm = variant
                 sampler.MATMUL = {"auto": None, "-": None, "before": "mkl"}.get(mm, mm)
                 chunk = LlamaRunner.PREFILL_TOKENS
@@ -141,7 +140,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 peaks.append(matmul_peak() if not args.peak_gflops else (args.peak_gflops,) * 2)
                 for v in variants:
-                    times[v].append(timed(lambda: run(v)))
+                    times[v].append(timed(lambda v=v: run(v)))
             peak_w, peak_c = max(p[0] for p in peaks), max(p[1] for p in peaks)
             for v in variants:
                 wall, cpu = min(t[0] for t in times[v]), min(t[1] for t in times[v])

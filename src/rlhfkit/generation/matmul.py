@@ -13,7 +13,8 @@
   so `pick` takes it only for calls long enough to pay it back. The reordered copies live as
   long as the runner (one `generate` call): the fp32 weights' memory twice over meanwhile.
 - "onednn-plain": the same kernel on the weights as they are (no reorder, nothing fused):
-  ~15% slower than the reordered weights at 64 rows, still ~20% faster than MKL.
+  ~15% slower than the reordered weights at 64 rows, still ~20% faster than MKL; what an int8
+  runner's fp32 prefill uses when the fp32 runner would reorder (the same bits, no reorder).
 
 Numbers: every path agrees with F.linear to ~1e-6 relative (a different order of the same
 fp32 sums). oneDNN's reordered and plain weights give bitwise the same outputs, and so do the
@@ -102,15 +103,17 @@ MATMULS: dict[str, Matmul] = {
 
 # The reorder ("onednn") pays for itself once a call decodes this many row-steps (rows x new
 # tokens): ~0.5 s to reorder SmolLM2-135M against ~25 ms saved per 16-row step (measured one
-# thread); one row gains little from it (a matrix-vector product reads the weights once either way)
+# thread). One row gains nothing from oneDNN (a matrix-vector product reads the weights once
+# either way) and its per-call overhead costs small models: the demo's 3M model decodes one row
+# 0.75x as fast through "onednn-plain" as through "mkl"; short calls would not pay the reorder
 PACK_MIN_ROW_STEPS = 256
 
 
 def pick(device: torch.device, dtype: torch.dtype, rows: int, steps: int) -> str:
-    """The fastest exact path for `rows` rows decoding `steps` tokens: oneDNN on x86 CPUs
-    with it (fp32), reordered when the call is long enough; else MKL; else F.linear."""
+    """The fastest exact path for `rows` rows decoding `steps` tokens: reordered oneDNN weights
+    on x86 CPUs with oneDNN (fp32) when the call is long enough; else MKL; else F.linear."""
     if device.type != "cpu" or dtype != torch.float32:
         return "torch"
-    if torch.backends.mkldnn.is_available():
-        return "onednn" if rows > 1 and rows * steps >= PACK_MIN_ROW_STEPS else "onednn-plain"
+    if torch.backends.mkldnn.is_available() and rows > 1 and rows * steps >= PACK_MIN_ROW_STEPS:
+        return "onednn"
     return "mkl" if torch.backends.mkl.is_available() else "torch"
