@@ -66,8 +66,9 @@ def layer_weights(hf) -> list[tuple]:
         (wq, bq), (wk, bk), (wv, bv) = _linear(at.q_proj), _linear(at.k_proj), _linear(at.v_proj)
         # q, k, v as one matmul (and one RoPE over the q and k heads): fewer ops per token,
         # which is most of the time of a small model; costs one copy of these weights per call.
-        # Not gate and up: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
-        # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64)
+        # Not gate and up here: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
+        # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64); the
+        # oneDNN path fuses them when it reorders the weights (matmul.py), where one is faster
         bqkv = None if bq is None else torch.cat([bq, bk, bv])
         layers.append((
             layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
