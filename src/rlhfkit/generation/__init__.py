@@ -7,7 +7,8 @@ Backends (`sampler.BACKENDS`; a "vllm" entry plugs in the same way):
 - "torch" (default): ours (`sampler.py`). One prefill over the left-padded batch, then one
   decode step per token with a preallocated cache. Llama-architecture models (LlamaForCausalLM;
   SmolLM2 is one) take the fast path of `llama_fast.py`, which runs the layers itself from the
-  model's own weights; every other causal LM runs through its own forward with a transformers
+  model's own weights through the products of `matmul.py` (oneDNN with weights reordered once
+  per call on x86 CPUs); every other causal LM runs through its own forward with a transformers
   DynamicCache (`hf.HFRunner`).
 - "hf": transformers `model.generate` (`hf.py`), the reference, converted into the same `Rollout`.
 

@@ -1,5 +1,6 @@
 """The Llama fast path of the "torch" sampler: a LlamaForCausalLM (SmolLM2 is one) run from its
-own weights, with a preallocated KV cache, by a runner the sampler drives.
+own weights, with a preallocated KV cache, by a runner the sampler drives. Its matrix products
+go through one of generation/matmul.py's paths (by default the fastest exact one for the call).
 
 The runner reads the model's weights (peft LoRA deltas folded in, so adapters apply without
 peft's module machinery) and runs the layers itself, so that per token there is no HF module
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from rlhfkit.generation.matmul import MATMULS, pick
 
 
 class Unsupported(Exception):
@@ -49,21 +52,6 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return F.rms_norm(x, weight.shape, weight, eps)
 
 
-def _few_rows_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear for a few rows (decode at batch 2-4), computed as (w @ x.T).T: MKL streams w
-    through its few-columns kernel faster than through its few-rows sgemm (a SmolLM2-135M
-    decode step, one thread: 59 vs 78 ms at 2 rows, 62 vs 81 at 4). Same numbers to ~1e-6."""
-    # both copies are a few rows: x (M, K) row-major so x.T is the column-major operand that
-    # kernel wants, and y row-major again (a column-major y reaching the next product here as
-    # x would send MKL down its slow path: 1.2 vs 0.34 ms for SmolLM2's down_proj at 2 rows)
-    y = torch.mm(w, x.reshape(-1, x.shape[-1]).contiguous().t()).t().contiguous()
-    y = y.view(*x.shape[:-1], w.shape[0])
-    return y if b is None else y + b
-
-
-FEW_ROWS = 4  # decode steps with at most this many rows use _few_rows_linear
-
-
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -78,8 +66,9 @@ def layer_weights(hf) -> list[tuple]:
         (wq, bq), (wk, bk), (wv, bv) = _linear(at.q_proj), _linear(at.k_proj), _linear(at.v_proj)
         # q, k, v as one matmul (and one RoPE over the q and k heads): fewer ops per token,
         # which is most of the time of a small model; costs one copy of these weights per call.
-        # Not gate and up: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
-        # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64)
+        # Not gate and up here: MKL runs SmolLM2's (B, 576) x (576, 3072) slower than two
+        # x (576, 1536) at batch 16-64 (measured 91 vs 78 ms for 30 layers at batch 64); the
+        # oneDNN path fuses them when it reorders the weights (matmul.py), where one is faster
         bqkv = None if bq is None else torch.cat([bq, bk, bv])
         layers.append((
             layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
@@ -98,9 +87,9 @@ class LlamaRunner:
     only (0 for the first real prompt token), as HF generate does for left padding.
     """
 
-    HEAD_BLOCK = 2048  # vocabulary rows per lm_head product (2048 x 576 fp32: 4.7 MB)
+    PREFILL_TOKENS = 256  # prompt tokens per chunk of the prefill (see prefill)
 
-    def __init__(self, hf, batch: int, max_len: int, quantized=None):
+    def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None):
         from torch import nn
 
         cfg, m = hf.config, hf.model
@@ -118,14 +107,22 @@ class LlamaRunner:
         # prefill stays fp32 (exact prompt KV; one scale over a whole prompt's activations, its
         # first token's outliers included, would round the rest away); None: fp32 throughout
         self.quant = quantized
-        self.layers = layer_weights(hf)
+        dev, dt = self.embed.device, self.embed.dtype
+        # the products' kernel and weight layout (generation/matmul.py): by default the fastest
+        # exact one for this many rows and steps; with int8 copies the fp32 weights serve the
+        # prefill alone, which a reorder would not pay back (the same numbers either way)
+        if matmul is None:
+            matmul = pick(dev, dt, batch, max_len)
+            matmul = "onednn-plain" if quantized is not None and matmul == "onednn" else matmul
+        if matmul not in MATMULS:
+            raise ValueError(f"unknown matmul path '{matmul}' (have: {', '.join(MATMULS)})")
+        self.matmul, self.mm = matmul, MATMULS[matmul]
+        self.layers = [self._prepare(layer, batch) for layer in layer_weights(hf)]
         self.norm = (m.norm.weight, m.norm.variance_epsilon)
-        self.lm_head = _linear(hf.lm_head)
+        w, b = _linear(hf.lm_head)
+        self.lm_head = (w if self.mm.pack is None else self.mm.pack(w, batch), b)
         # cos/sin of every position from the model's own rotary module (its rope_type,
         # theta and scaling); per step they are gathered by position id
-        dev, dt = self.embed.device, self.embed.dtype
-        # the matmul layouts chosen below were measured with MKL (x86 CPU builds of torch)
-        self.mkl = dev.type == "cpu" and torch.backends.mkl.is_available()
         cos, sin = m.rotary_emb(self.embed[:1][None], torch.arange(max_len, device=dev)[None])
         self.cos, self.sin = cos[0].to(dt), sin[0].to(dt)  # (max_len, hd)
         shape = (batch, self.Hkv, max_len, self.hd)
@@ -134,23 +131,35 @@ class LlamaRunner:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=dev)
         self.n = 0  # filled cache slots
 
+    def _prepare(self, layer: tuple, rows: int) -> tuple:
+        """A layer_weights tuple in the layout self.mm reads: gate and up as one (2I, D) weight
+        in the gate slot (None in the up slot) when it fuses them, each weight packed when it packs."""
+        n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act = layer
+        if self.mm.fuse_gate_up:
+            bgu = None if g[1] is None else torch.cat([g[1], u[1]])
+            g, u = (torch.cat([g[0], u[0]]), bgu), (None, None)
+        if self.mm.pack is not None:
+            pack = self.mm.pack
+            wqkv, o, g, d = pack(wqkv, rows), (pack(o[0], rows), o[1]), (pack(g[0], rows), g[1]), (pack(d[0], rows), d[1])
+            u = u if u[0] is None else (pack(u[0], rows), u[1])
+        return n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act
+
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
-                 quant: bool = False) -> torch.Tensor:
-        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows :B,
-        slots n..n+S-1. quant: through the int8 copies (self.quant)."""
+                 quant: bool = False, row0: int = 0) -> torch.Tensor:
+        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows
+        row0..row0+B-1, slots n..n+S-1 (the caller then moves self.n on by S). quant: through
+        the int8 copies (self.quant)."""
         B, S = ids.shape
         H, Hkv, hd, start = self.H, self.Hkv, self.hd, self.n
         end = start + S
         x = F.embedding(ids, self.embed)
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (B, S, 1, hd)
-        # one row: both are a gemv; the few-rows trick is MKL's (CPU) only
-        linear = _few_rows_linear if self.mkl and 1 < B * S <= FEW_ROWS else F.linear
-        layers = self.layers
+        linear, layers = self.mm.linear, self.layers
         if quant:
             linear, layers = self.quant.linear, self.quant.layers
         for (n1, e1, wqkv, bqkv, (wo, bo), n2, e2, (wg, bg), (wu, bu), (wd, bd), act), kc, vc \
                 in zip(layers, self.k_cache, self.v_cache):
-            kc, vc = kc[:B], vc[:B]  # a prefill of the distinct prompts fills the first rows only
+            kc, vc = kc[row0:row0 + B], vc[row0:row0 + B]  # a prefill fills its rows only
             qkv = linear(_rms_norm(x, n1, e1), wqkv, bqkv).view(B, S, H + 2 * Hkv, hd)
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
             kc[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
@@ -159,25 +168,19 @@ class LlamaRunner:
                                                attn_mask=attn_mask, enable_gqa=H != Hkv)
             x = x + linear(a.transpose(1, 2).reshape(B, S, H * hd), wo, bo)
             h = _rms_norm(x, n2, e2)
-            x = x + linear(act(linear(h, wg, bg)) * linear(h, wu, bu), wd, bd)
-        self.n = end
+            g = linear(h, wg, bg)
+            if wu is None:  # gate and up as one product (Matmul.fuse_gate_up): its two halves
+                g, u = g.chunk(2, dim=-1)
+            else:
+                u = linear(h, wu, bu)
+            x = x + linear(act(g) * u, wd, bd)
         return _rms_norm(x[:, -1], *self.norm)
 
     def _head(self, h: torch.Tensor, quant: bool = False) -> torch.Tensor:
-        """(B, D) -> (B, V) logits, as W @ h.T in blocks of vocabulary rows: MKL runs one
-        (B, 576) x (576, 49152) product well below the speed of cache-sized blocks (SmolLM2,
-        batch 16, 2 threads: 22 vs 13 ms with the transposing copy; at batch 64 that copy
-        takes most of the gain). The numbers agree with F.linear to ~1e-6."""
+        """(B, D) -> (B, V) logits."""
         if quant and self.quant.head is not None:
             return self.quant.head(h)
-        w, b = self.lm_head
-        if not self.mkl:
-            return F.linear(h, w, b)
-        out = torch.empty(w.shape[0], h.shape[0], device=h.device, dtype=h.dtype)  # (V, B)
-        for wb, ob in zip(w.split(self.HEAD_BLOCK), out.split(self.HEAD_BLOCK)):
-            torch.mm(wb, h.t(), out=ob)
-        logits = out.t().contiguous()  # sampling reduces over the vocabulary: make it the inner dim
-        return logits if b is None else logits + b
+        return self.mm.head(h, *self.lm_head)
 
     def prefill(self, ids, mask, pos, rows=None):
         """ids, mask, pos (U, P) -> (B, V). rows (B,): which of the U prompt rows each batch row
@@ -186,7 +189,14 @@ class LlamaRunner:
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # pad queries may see themselves so no softmax row is empty (NaN would reach the cache)
         attn = (causal & mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
-        h = self._forward(ids, pos, attn[:, None])
+        # in chunks of rows of ~PREFILL_TOKENS tokens: each chunk's activations (256 x 1536 fp32:
+        # 1.5 MB) stay in cache and in memory the allocator reuses, where a whole 64 x 32 batch's
+        # are 12.6 MB each, written to fresh pages (~7 ms of page faults per such tensor here).
+        # A row's numbers do not depend on the other rows of a product (matmul.py)
+        step = max(1, self.PREFILL_TOKENS // P)
+        h = torch.cat([self._forward(ids[r:r + step], pos[r:r + step], attn[r:r + step, None], row0=r)
+                       for r in range(0, U, step)])
+        self.n = P
         if rows is None:
             self.key_mask[:U, :P] = mask
             return self._head(h)
@@ -205,6 +215,7 @@ class LlamaRunner:
         self.key_mask[:R, self.n] = True
         quant = self.quant is not None
         h = self._forward(tok[:, None], pos[:, None], self.key_mask[:R, None, None, : self.n + 1], quant)
+        self.n += 1
         return self._head(h, quant)
 
     def keep(self, rows):

@@ -82,13 +82,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
 FAST_RUNNERS: dict[str, Callable] = {"LlamaForCausalLM": LlamaRunner}
 
 
+MATMUL: str | None = None  # the Llama fast path's products (generation/matmul.py; None: its pick)
+
+
 def _make_runner(model, hf, batch: int, max_len: int, quantized=None):
     if quantized is not None:  # int8 copies (generation/quant.py) exist only for the Llama fast path
-        return LlamaRunner(hf, batch, max_len, quantized=quantized)
+        return LlamaRunner(hf, batch, max_len, quantized=quantized, matmul=MATMUL)
     fast = FAST_RUNNERS.get(type(hf).__name__)
     if fast is not None:
         try:
-            return fast(hf, batch, max_len)
+            return fast(hf, batch, max_len, matmul=MATMUL)
         except Unsupported:
             pass
     return HFRunner(model, hf, batch, max_len)
