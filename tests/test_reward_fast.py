@@ -124,3 +124,36 @@ def _padded(rankings, group) -> int:
     lens = reward.shared_prefix_lengths([rankings[i] for i in group])
     suffix = max(max(len(x) for x in rankings[i]) - p for i, p in zip(group, lens))
     return len(group) * max(lens) + sum(len(rankings[i]) for i in group) * suffix
+
+
+def test_two_processes_match_one_with_planned_micro_batches(tiny_lm, tmp_path):
+    """torchrun x 2 with micro_batch_size = 0: each rank plans its own passes (their counts may
+    differ; each rank still syncs once, on its last backward), and the run is the 1-process one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import metrics, rlhfkit
+
+    r = random.Random(0)
+    rows = [{"prompt": f"Tell me about the {a}, number {k}." + " Please." * r.randint(0, 6),
+             "responses": [f"The {a} was happy.", f"The {a} sat.", f"{k} plus {k}"][:r.choice([2, 3])]}
+            for a, k in ((r.choice(["cat", "owl", "frog"]), r.randint(0, 30)) for _ in range(16))]
+    data = tmp_path / "rank.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    args = lambda out: ["reward", *[x for s in [f"model={tiny_lm}", f"data={data}", f"out={out}", "batch_size=8",
+                                                "micro_batch_size=0", "micro_batch_tokens=150", "max_steps=2",
+                                                "learning_rate=3e-3", "warmup_steps=1", "log_every=1", "eval_every=0",
+                                                "eval_fraction=0", "save_every=0", "loss=pairwise"]
+                                    for x in ("--set", s)]]
+    rlhfkit(*args(tmp_path / "one"))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "rlhfkit", *args(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    one, two = metrics(tmp_path / "one" / "metrics.jsonl"), metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [m["step"] for m in two if "train/loss" in m] == [1, 2]
+    for a, b in zip(one, two):
+        for k in ("train/loss", "train/accuracy", "train/grad_norm"):
+            assert abs(a[k] - b[k]) < 1e-5, (a["step"], k, a[k], b[k])
