@@ -5,10 +5,15 @@ within the token budget."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import metrics, rlhfkit
 
 from rlhfkit.losses import RM_LOSSES
 from rlhfkit.stages import reward
@@ -129,13 +134,6 @@ def _padded(rankings, group) -> int:
 def test_two_processes_match_one_with_planned_micro_batches(tiny_lm, tmp_path):
     """torchrun x 2 with micro_batch_size = 0: each rank plans its own passes (their counts may
     differ; each rank still syncs once, on its last backward), and the run is the 1-process one."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from conftest import metrics, rlhfkit
-
     r = random.Random(0)
     rows = [{"prompt": f"Tell me about the {a}, number {k}." + " Please." * r.randint(0, 6),
              "responses": [f"The {a} was happy.", f"The {a} sat.", f"{k} plus {k}"][:r.choice([2, 3])]}
