@@ -127,7 +127,8 @@ CASES = [
     (["pretrain", *S("micro_batch_size=-1")], "micro_batch_size must be >= 0"),  # 0: from micro_batch_tokens
     (["pretrain", *S("micro_batch_tokens=0")], "micro_batch_tokens must be >= 1"),
     (["sft", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
-    (["reward", *S("micro_batch_size=0")], "micro_batch_size must be >= 1"),
+    (["reward", *S("micro_batch_size=-1")], "micro_batch_size must be >= 0"),  # 0: from micro_batch_tokens
+    (["reward", *S("micro_batch_tokens=0")], "micro_batch_tokens must be >= 1"),
     (["ppo", *S("micro_batch_size=-1")], "micro_batch_size must be >= 0"),  # 0: from micro_batch_tokens
     (["grpo", *S("micro_batch_tokens=0")], "micro_batch_tokens must be >= 1"),
     (["pretrain", *S("block_size=0")], "block_size must be >= 1"),

@@ -292,7 +292,8 @@ def test_bad_data_file_is_a_one_line_error(cli_main, lm, tmp_path, capsys):
 @pytest.mark.parametrize("loss", ["pairwise", "plackett_luce"])
 def test_micro_batching_does_not_change_the_update(loss, lm, tmp_path):
     """One step over 4 rankings with K = 3, 2, 3, 2: the same weights whether the forward passes
-    take 1 ranking or 4 (micro-batch losses weigh by pairs for pairwise, by rankings otherwise)."""
+    take 1 ranking, 4, or rankings grouped by length under micro_batch_tokens (0; 150 tokens:
+    a few passes) (micro-batch losses weigh by pairs for pairwise, by rankings otherwise)."""
     from safetensors.torch import load_file
 
     rs = _rankings(4, seed=5)
@@ -300,10 +301,12 @@ def test_micro_batching_does_not_change_the_update(loss, lm, tmp_path):
         r["responses"] = r["responses"][:2]
     data = _write(tmp_path / "mixed.jsonl", rs)
     runs = [load_file(_run(lm, tmp_path / f"rm{mb}", data, "max_steps=1", "batch_size=4", f"micro_batch_size={mb}",
-                           f"loss={loss}", "eval_fraction=0") / "model.safetensors") for mb in (1, 4)]
+                           f"loss={loss}", "eval_fraction=0", "micro_batch_tokens=150") / "model.safetensors")
+            for mb in (1, 4, 0)]
     name = "model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(runs[0][name], load_file(lm / "model.safetensors")[name])
     torch.testing.assert_close(runs[0][name], runs[1][name], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(runs[0][name], runs[2][name], atol=1e-6, rtol=1e-5)
 
 
 def test_a_reward_model_from_elsewhere_scores_as_it_is(lm, tmp_path):
