@@ -271,7 +271,8 @@ def rule_win_rate(h: list[dict], lim: Limits) -> str | None:
 
 AGREEMENT_LABELS = 16  # the agreement rule's two pools each hold at least this many spot checks
 # the rule is tested at every eval, so 2 standard errors fired on noise in 2 of 24 regret runs
-# (benchmarks/regret.py, 2026-12-02, 12 checks an eval); 2.5 fired only in the two that over-optimised
+# (benchmarks/regret.py, 2026-12-02, 12 checks an eval); 2.5 fired only in the one whose person's
+# score collapsed (hot animal-s0, stopped at 55, best at 30)
 AGREEMENT_Z = 2.5
 
 
@@ -281,8 +282,8 @@ def rule_agreement(h: list[dict], lim: Limits, min_labels: int = AGREEMENT_LABEL
     hold at least `min_labels` spot checks, fell below its pooled value over all earlier labelled
     evals (again at least `min_labels`) by more than z pooled standard errors and by more than
     agreement_drop. Pooled, not the best single eval: with 4-12 checks an eval, the best of ten
-    evals sits well above the truth, and a rule against it fired on noise (the demo's seeds in
-    the 2026-12-02 regret runs)."""
+    evals sits well above the truth, and a rule against it fired on noise (joke-s0 at step 30 and
+    punchy-s0 at 65 in the 2026-12-02 regret runs, both still improving)."""
     lab = [e for e in h[1:] if e.get("agreement") is not None and e["labels"]]
     if not lim.agreement_drop or not lab or lab[-1] is not h[-1]:
         return None
