@@ -433,6 +433,9 @@ grpo.run(load_config(grpo.Config, sets=sets_), make_guard=lambda **_: guard)
 out = [s[4:] for s in sets_ if s.startswith("out=")][0]
 with open(os.path.join(out, f"seen-{os.environ.get('RANK', '0')}.json"), "w") as f:
     json.dump(guard.samples, f)
+import torch.distributed as dist
+if dist.is_initialized():  # as the CLI does: a process group left to exit can abort in gloo's threads
+    dist.destroy_process_group()
 """
 
 
