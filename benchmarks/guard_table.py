@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from rlhfkit.guard import Limits, replay
+from rlhfkit.guard_rules import Limits, replay
 
 
 def regret(gold_by_step: dict[int, float], shipped: int) -> float | None:

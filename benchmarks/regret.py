@@ -104,7 +104,7 @@ def spot_subsample(run: Path, evals: list[dict], k: int) -> list[dict]:
     """The evals as if the guard had asked only k spot checks per eval: the first k it asked (by eval
     index) of each eval's comparisons, rebuilt from the run's spot-check store (ppo/feedback.db)
     with the labeler's own answers; win rate and RM agreement recomputed as the guard does."""
-    from rlhfkit.guard import agreement_outcomes, outcome, rate_with_noise
+    from rlhfkit.guard_rules import agreement_outcomes, outcome, rate_with_noise
 
     reward: dict[tuple[int, int], float] = {}
     index: dict[int, int] = defaultdict(int)
@@ -139,7 +139,7 @@ def per_eval_decisions(evals: list[dict], limits, z: float = 2.0) -> tuple[int |
     on a tie) among those up to the stop; the other stop rules as the run's. -> (stop, shipped)."""
     from dataclasses import replace
 
-    from rlhfkit.guard import STOP_RULES, pooled_se
+    from rlhfkit.guard_rules import STOP_RULES, pooled_se
 
     seen: list[dict] = []
     for e in evals:
@@ -158,7 +158,7 @@ def per_eval_decisions(evals: list[dict], limits, z: float = 2.0) -> tuple[int |
 
 def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict:
     """One run's row; every > 5 or spot_checks < 12: the guard's decisions replayed on that evidence."""
-    from rlhfkit.guard import Limits, replay
+    from rlhfkit.guard_rules import Limits, replay
 
     gj = json.loads((run / "ppo" / "guard.json").read_text())
     golds: dict[int, list[float]] = defaultdict(list)

@@ -13,9 +13,22 @@ import pytest
 
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.files import UserError
-from rlhfkit.guard import (STOP_RULES, Guard, GuardKeys, Limits, agreement_outcomes, choose_shipped, distinct_n,
-                           fitted_logit, guard_mode, keep_after, make_guard, rate_with_noise, repetition_rate, replay,
-                           sigmoid, simulated_responder, win_curve, win_drop)
+from rlhfkit.guard import Guard, GuardKeys, guard_mode, make_guard, simulated_responder
+from rlhfkit.guard_rules import (
+    STOP_RULES,
+    Limits,
+    agreement_outcomes,
+    choose_shipped,
+    distinct_n,
+    fitted_logit,
+    keep_after,
+    rate_with_noise,
+    repetition_rate,
+    replay,
+    sigmoid,
+    win_curve,
+    win_drop,
+)
 
 QUALITY = "test_guard:quality"
 
