@@ -41,12 +41,12 @@ def smollm2_or_random(work: Path, model: str = "") -> tuple[str, str]:
         return str(local), "SmolLM2-135M-Instruct"
     out = work / "random-smollm2-shape"
     if not (out / "config.json").exists():
+        import random
+
         import torch
         from transformers import LlamaForCausalLM
 
         from rlhfkit.tokenizer import train_tokenizer
-        import random
-
         from rlhfkit.world import corpus_docs
 
         torch.manual_seed(0)
@@ -111,3 +111,33 @@ def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return (s[(n - 1) // 2] + s[n // 2]) / 2
+
+
+def pick_pairs(n: int, hh: Path, encode) -> tuple[list[dict], str]:
+    """The first n preference pairs that `encode(messages, chosen, rejected)` accepts (it returns their
+    token ids, or None for a pair too long for the benchmark): real HH-RLHF pairs from `hh`, else pairs
+    of the embedded world -> ([{"prompt": messages, "chosen": [assistant], "rejected": [assistant],
+    "_ids": ids}], where they came from)."""
+    import random
+
+    if hh.exists():
+        from rlhfkit.feedback.formats import read_preferences
+
+        candidates = [(r["meta"]["messages"], r["responses"][0], r["responses"][1]) for r in read_preferences(hh, "hh")]
+        where = f"HH-RLHF harmless-base test ({hh.name})"
+    else:
+        from rlhfkit.world import conversation
+
+        rng = random.Random(0)
+        convs = [conversation(rng, set())["messages"] for _ in range(4 * n)]
+        candidates = [(c[:-1], c[-1]["content"], convs[(i + 1) % len(convs)][-1]["content"]) for i, c in enumerate(convs)]
+        where = "the embedded world (HH-RLHF file absent)"
+    out = []
+    for msgs, chosen, rejected in candidates:
+        ids = encode(msgs, chosen, rejected) if chosen != rejected else None
+        if ids is not None:
+            out.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": chosen}],
+                        "rejected": [{"role": "assistant", "content": rejected}], "_ids": ids})
+        if len(out) == n:
+            return out, where
+    raise SystemExit(f"only {len(out)} of {n} pairs fit the benchmark's lengths in {where}")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -48,37 +47,30 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median, parse_side_by_side, run_worker, side_by_side_parser, smollm2_or_random, table  # noqa: E402
+from _common import (
+    median,
+    parse_side_by_side,
+    run_worker,
+    side_by_side_parser,
+    smollm2_or_random,
+    table,
+)
+from _common import pick_pairs as common_pick_pairs
 
 SETTING = {"pairs_per_step": 8, "beta": 0.1, "learning_rate": 1e-6, "max_prompt_tokens": 128, "max_response_tokens": 64}
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def pick_pairs(tokenizer, n: int, hh: Path) -> tuple[list[dict], str]:
-    """n {"prompt": messages, "chosen": [assistant], "rejected": [assistant]} records and where they came from."""
+    """n {"prompt", "chosen", "rejected", "_ids": (prompt, chosen, rejected ids)} records within the
+    prompt and response limits, and where they came from."""
     from rlhfkit.stages.dpo import encode_pair
 
-    if hh.exists():
-        from rlhfkit.feedback.formats import read_preferences
-
-        candidates = [(r["meta"]["messages"], r["responses"][0], r["responses"][1]) for r in read_preferences(hh, "hh")]
-        where = f"HH-RLHF harmless-base test ({hh.name})"
-    else:
-        from rlhfkit.world import conversation
-
-        rng = random.Random(0)
-        convs = [conversation(rng, set())["messages"] for _ in range(4 * n)]
-        candidates = [(c[:-1], c[-1]["content"], convs[(i + 1) % len(convs)][-1]["content"]) for i, c in enumerate(convs)]
-        where = "the embedded world (HH-RLHF file absent)"
-    out = []
-    for msgs, chosen, rejected in candidates:
+    def encode(msgs, chosen, rejected):
         p, c, r = encode_pair(tokenizer, msgs, chosen, rejected, 10**6, 10**7)
-        if len(p) <= SETTING["max_prompt_tokens"] and max(len(c), len(r)) <= SETTING["max_response_tokens"] and chosen != rejected:
-            out.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": chosen}],
-                        "rejected": [{"role": "assistant", "content": rejected}], "_ids": (p, c, r)})
-        if len(out) == n:
-            return out, where
-    raise SystemExit(f"only {len(out)} pairs fit the token limits")
+        fits = len(p) <= SETTING["max_prompt_tokens"] and max(len(c), len(r)) <= SETTING["max_response_tokens"]
+        return (p, c, r) if fits else None
+    return common_pick_pairs(n, hh, encode)
 
 
 # --------------------------------------------------------------------------- workers

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -51,37 +50,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median, parse_side_by_side, run_worker, side_by_side_parser, smollm2_or_random, table  # noqa: E402
+from _common import (
+    median,
+    parse_side_by_side,
+    run_worker,
+    side_by_side_parser,
+    smollm2_or_random,
+    table,
+)
+from _common import pick_pairs as common_pick_pairs
 
 SETTING = {"pairs_per_step": 8, "max_length": 256, "learning_rate": 1e-5}
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def pick_pairs(tokenizer, n: int, hh: Path) -> tuple[list[dict], str]:
-    """n {"prompt": messages, "chosen": [assistant], "rejected": [assistant], "_ids": [chosen, rejected]}."""
-    from rlhfkit.rewards.rm import encode
+    """n {"prompt", "chosen", "rejected", "_ids": [chosen ids, rejected ids]} records within
+    max_length, and where they came from."""
+    from rlhfkit.rewards.rm import encode as encode_rm
 
-    if hh.exists():
-        from rlhfkit.feedback.formats import read_preferences
-
-        candidates = [(r["meta"]["messages"], r["responses"][0], r["responses"][1]) for r in read_preferences(hh, "hh")]
-        where = f"HH-RLHF harmless-base test ({hh.name})"
-    else:
-        from rlhfkit.world import conversation
-
-        rng = random.Random(0)
-        convs = [conversation(rng, set())["messages"] for _ in range(4 * n)]
-        candidates = [(c[:-1], c[-1]["content"], convs[(i + 1) % len(convs)][-1]["content"]) for i, c in enumerate(convs)]
-        where = "the embedded world (HH-RLHF file absent)"
-    out = []
-    for msgs, chosen, rejected in candidates:
-        ids = encode(tokenizer, [msgs, msgs], [chosen, rejected], 10**9)
-        if max(map(len, ids)) <= SETTING["max_length"] and chosen != rejected:
-            out.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": chosen}],
-                        "rejected": [{"role": "assistant", "content": rejected}], "_ids": ids})
-        if len(out) == n:
-            return out, where
-    raise SystemExit(f"only {len(out)} pairs fit in {SETTING['max_length']} tokens")
+    def encode(msgs, chosen, rejected):
+        ids = encode_rm(tokenizer, [msgs, msgs], [chosen, rejected], 10**9)
+        return ids if max(map(len, ids)) <= SETTING["max_length"] else None
+    return common_pick_pairs(n, hh, encode)
 
 
 def initial_reward_model(model: str, out: Path) -> str:
@@ -105,7 +96,11 @@ def initial_reward_model(model: str, out: Path) -> str:
 def worker_trl(model: str, data: Path, threads: int, steps: int, grad_ckpt: bool, work: Path) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl import RewardConfig, RewardTrainer
 
     torch.set_num_threads(threads)
