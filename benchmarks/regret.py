@@ -132,6 +132,35 @@ def spot_subsample(run: Path, evals: list[dict], k: int) -> list[dict]:
     return out
 
 
+def reask(run: Path, every: int, checks: int, size: int, rep: int = 0) -> list[dict]:
+    """The guard run afresh over the run's recorded evals (samples.jsonl: every eval prompt's sample at
+    every eval step; the rollout's KL from guard.json), asking `checks` new spot checks of `size`
+    responses per eval of the run's own person (the same labeler and noise, a fresh stream per `rep`)
+    through a scratch store: what an observe run with those keys would have seen, since the guard's
+    questions do not change the policy. The ensemble's disagreement is not recomputed (None).
+    -> the guard's eval records."""
+    import tempfile
+
+    from rlhfkit.guard import Guard, GuardKeys, simulated_responder
+    from rlhfkit.guard_rules import Limits
+
+    gj = json.loads((run / "ppo" / "guard.json").read_text())
+    kl = {e["step"]: e["kl"] for e in gj["evals"]}
+    by_step: dict[int, list[dict]] = defaultdict(list)
+    for line in (run / "ppo" / "samples.jsonl").read_text().splitlines():
+        s = json.loads(line)
+        by_step[s["step"]].append(s)
+    name, seed = run.name.rsplit("-s", 1)
+    stream = int(seed) * 1000 + rep  # rep 0 of seed 1 -> 1000: other draws than the run's own (seed 1)
+    records = [{"prompt": s["prompt"]} for s in by_step[0]]
+    with tempfile.TemporaryDirectory() as d:
+        g = Guard("observe", d, Limits(**gj["rules"]), checks, seed=stream, keep=gj.get("keep", 3), spot_size=size,
+                  respond=simulated_responder(GOLDS[name], GuardKeys().guard_labeler_temperature, stream))
+        for step in sorted(k for k in by_step if k % every == 0):
+            g.on_eval(step, records, by_step[step], {"policy/kl_ref": kl[step]})
+        return g.history
+
+
 def per_eval_decisions(evals: list[dict], limits, z: float = 2.0) -> tuple[int | None, int]:
     """The guard's win-rate rule and shipping criterion before 2026-12-02, for comparison on the same
     evidence: stop when an eval's own win rate fell below the best eval's by more than z pooled
@@ -156,8 +185,9 @@ def per_eval_decisions(evals: list[dict], limits, z: float = 2.0) -> tuple[int |
     return (seen[-1]["step"] if fired else None), max(scored, key=lambda h: (h["win_rate"], -h["step"]))["step"]
 
 
-def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict:
-    """One run's row; every > 5 or spot_checks < 12: the guard's decisions replayed on that evidence."""
+def summarise(run: Path, every: int = 5, spot_checks: int | None = None, size: int | None = None, rep: int = 0) -> dict:
+    """One run's row; every > 5 or spot_checks < 12: the guard's decisions replayed on that evidence;
+    size: on fresh spot checks of that many responses (`reask`)."""
     from rlhfkit.guard_rules import Limits, replay
 
     gj = json.loads((run / "ppo" / "guard.json").read_text())
@@ -167,12 +197,14 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
         golds[s["step"]].append(s["gold"])
     gold = {k: statistics.fmean(v) for k, v in golds.items() if k % every == 0}
     evals = [e for e in gj["evals"] if e["step"] % every == 0]
-    if spot_checks is not None:
+    if size is not None:
+        evals = reask(run, every, spot_checks, size, rep)
+    elif spot_checks is not None:
         evals = spot_subsample(run, evals, spot_checks)
     # replay() re-decides exactly what an observe run decided when given its own evals and the same
     # rules (the evidence does not depend on them); a run made under older rules is re-decided by these
     stop, reason, shipped = replay(evals, Limits(**gj["rules"]), gj.get("keep", 3))
-    if every == 5 and spot_checks is None and (stop, shipped) != (gj["stop_step"], gj["shipped_step"]):
+    if every == 5 and spot_checks is None and size is None and (stop, shipped) != (gj["stop_step"], gj["shipped_step"]):
         print(f"{run.name}: replayed with the current rules: stop {stop}, ship {shipped} (the run itself, under "
               f"the rules it started with: stop {gj['stop_step']}, ship {gj['shipped_step']})")
     old_stop, old_shipped = per_eval_decisions(evals, Limits(**gj["rules"]))
@@ -181,6 +213,7 @@ def summarise(run: Path, every: int = 5, spot_checks: int | None = None) -> dict
     start, best = gold[0], max(gold.values())
     trained = rankings_trained_on(run)
     return {"run": run.name, "eval_every": every, "spot_checks": spot_checks or gj["spot_checks_per_eval"],
+            "spot_check_size": size or 2, "labeler_stream": rep if size is not None else None,
             "stop_step": stop, "reason": reason, "shipped_step": shipped,
             "gold_start": start, "gold_best": best, "gold_best_step": max(gold, key=gold.get),
             "gold_shipped": gold[shipped], "regret": (best - gold[shipped]) / (best - start) if best > start else None,

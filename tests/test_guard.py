@@ -25,6 +25,7 @@ from rlhfkit.guard_rules import (
     rate_with_noise,
     repetition_rate,
     replay,
+    rivals,
     sigmoid,
     win_curve,
     win_drop,
@@ -134,6 +135,50 @@ def test_win_curve():
     assert sigmoid(fitted_logit((a, b), 20, 20)) == pytest.approx(0.065, abs=1e-3)
 
 
+def _log_posterior(rankings, a, b, last, prior_sd=5.0):
+    """Plackett-Luce over u(s) = a x + b x^2, x = s / last, written out: sum over rankings and picks of
+    u(picked) - log sum exp u(still unpicked), minus the normal prior."""
+    u = lambda s: a * s / last + b * (s / last) ** 2  # noqa: E731
+    lp = -(a * a + b * b) / (2 * prior_sd ** 2)
+    for order, w in rankings:
+        for j in range(len(order) - 1):
+            lp += w * (u(order[j]) - math.log(sum(math.exp(u(s)) for s in order[j:])))
+    return lp
+
+
+def test_win_curve_plackett_luce_over_rankings_of_k():
+    # rankings of 3 and 4 responses from steps 0 (the start), 5 and 10: the fit is where the written-out
+    # log posterior is flat, and its covariance the inverse of minus its Hessian (finite differences)
+    orders = [[10, 5, 0], [5, 10, 0], [10, 0, 5], [5, 0, 10], [10, 5, 0], [0, 10, 5], [10, 5, 0]]
+    h = [_h(0), _h(5, labels=2, rankings=[{"order": [5, 0], "tie": False}, {"order": [0, 5], "tie": True}]),
+         _h(10, labels=len(orders), rankings=[{"order": o, "tie": False} for o in orders])]
+    (a, b), cov = win_curve(h)
+    obs = [([5, 0], 1.0), ([0, 5], 0.5), ([5, 0], 0.5)] + [(o, 1.0) for o in orders]  # a tie: both orders, half each
+    e = 1e-4
+    f = lambda da, db: _log_posterior(obs, a + da, b + db, 10)  # noqa: E731
+    assert (f(e, 0) - f(-e, 0)) / (2 * e) == pytest.approx(0, abs=1e-6)
+    assert (f(0, e) - f(0, -e)) / (2 * e) == pytest.approx(0, abs=1e-6)
+    haa = -(f(e, 0) - 2 * f(0, 0) + f(-e, 0)) / e ** 2
+    hbb = -(f(0, e) - 2 * f(0, 0) + f(0, -e)) / e ** 2
+    hab = -(f(e, e) - f(e, -e) - f(-e, e) + f(-e, -e)) / (4 * e * e)
+    det = haa * hbb - hab * hab
+    assert cov[0][0] == pytest.approx(hbb / det, rel=1e-3) and cov[0][1] == pytest.approx(-hab / det, rel=1e-3)
+    # step 10 comes first in 4 of 7 rankings and last in 1: above the start and above step 5
+    assert fitted_logit((a, b), 10, 10) > fitted_logit((a, b), 5, 10) > 0
+    # rankings of 2 against the start are the binomial fit of the win rate: 6 of 8 as rankings or as a rate
+    pairs = [{"order": [10, 0], "tie": False}] * 6 + [{"order": [0, 10], "tie": False}] * 2
+    (a2, b2), cov2 = win_curve([_h(0), _h(10, labels=8, rankings=pairs)])
+    (a1, b1), cov1 = win_curve([_h(0), _h(10, win_rate=0.75, labels=8)])
+    assert (a2, b2, *cov2[0]) == pytest.approx((a1, b1, *cov1[0]), abs=1e-12)
+
+
+def test_rivals_are_the_best_kept_candidates():
+    # fitted 0.80 at 10, 0.53 at 20 (as in test_choose_shipped_by_hand): 10 before 20, never the start
+    h = [_h(0), _h(10, win_rate=0.9, labels=10), _h(20, win_rate=0.5, labels=10)]
+    assert rivals(h, [0, 10, 20], 2) == [10, 20] and rivals(h, [0, 10, 20], 1) == [10]
+    assert rivals(h, [0, 10, 20], 0) == [] and rivals(h, [0], 2) == []
+
+
 def test_win_drop():
     # 1.0 at step 10 then 0.0 at 20 (20 labels each) fits 0.833 -> 0.065: 4.27 logits down, se 0.90
     h = [_h(0), _h(10, win_rate=1.0, labels=20), _h(20, win_rate=0.0, labels=20)]
@@ -211,6 +256,7 @@ def _guard(tmp_path, mode="on", respond=True, **kw):
         (path / "step.txt").write_text(str(current[0]))
         saved.append(current[0])
     current = [0]
+    kw.setdefault("spot_size", 2)
     g = Guard(mode, tmp_path / "out", Limits(length_ratio=2.0, repetition_rise=0.25), spot_checks=6,
               respond=simulated_responder(QUALITY, 0.0, seed=0) if respond else None, save_best=save_best, **kw)
     return g, current, saved
@@ -289,6 +335,32 @@ def test_resume_from_state_dict_continues_exactly(tmp_path):
     g2.load_state_dict(state)
     _drive(g2, current2, run=RUN[2:])
     assert json.loads((tmp_path / "b" / "out" / "guard.json").read_text()) == straight
+
+
+def test_spot_checks_rank_the_policy_beside_the_start_and_the_kept_candidates(tmp_path):
+    # rankings of up to 4: the policy's, the start's and the two best kept candidates' responses to the
+    # same prompt, ranked by the noiseless person (quality 5, 7, 8, 2, 2 at steps 0..40)
+    g, current, _ = _guard(tmp_path, mode="observe", spot_size=4)
+    _drive(g, current, run=RUN[:4])
+    gj = json.loads((tmp_path / "out" / "guard.json").read_text())
+    ev = {e["step"]: e for e in gj["evals"]}
+    assert gj["spot_check_size"] == 4 and ev[0]["rankings"] == []
+    # step 10: nothing kept yet but the start -> pairs; step 20: beside step 10 (kept); step 30: beside 20
+    # and 10 (kept after 20, the best by the curve first), and ranked last by the person
+    assert {tuple(r["order"]) for r in ev[10]["rankings"]} == {(10, 0)}
+    assert {tuple(r["order"]) for r in ev[20]["rankings"]} == {(20, 10, 0)}
+    assert {tuple(r["order"]) for r in ev[30]["rankings"]} == {(20, 10, 0, 30)}
+    assert [len(ev[s]["rankings"]) for s in (10, 20, 30)] == [6, 6, 6] and gj["labels_used"] == 18  # a ranking: 1
+    # the reward model (proxy 1, 2, 3 at steps 10, 20, 30) agrees on every pair with the policy's response
+    # at 20 (it prefers 20 over 10 and the start, as the person does) and on none at 30
+    assert [ev[s]["win_rate"] for s in (10, 20, 30)] == [1.0, 1.0, 0.0]
+    assert [ev[s]["agreement"] for s in (10, 20, 30)] == [1.0, 1.0, 0.0]
+    with FeedbackStore.for_run(tmp_path / "out") as store:
+        rows = store.rankings()
+    assert sorted({(r["kind"], len(r["response_ids"])) for r in rows}) == [("arena", 2), ("rank", 3), ("rank", 4)]
+    assert [e["step"] for e in gj["exploits"]] == [30] * 5  # lost to the start, preferred by the RM
+    with pytest.raises(UserError, match="at least 2 responses"):
+        Guard("on", tmp_path / "x", Limits(), 4, spot_size=1)
 
 
 def test_people_answer_on_the_page_or_the_run_goes_on(tmp_path):

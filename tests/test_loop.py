@@ -67,23 +67,24 @@ def test_mining_adds_high_disagreement_samples_of_an_ensemble(tmp_path):
 
 def test_mining_reads_every_lost_spot_check_in_the_guards_store(tmp_path):
     # guard.json keeps its top exploits only; the guard's store (RL_DIR/feedback.db) has every spot
-    # check, asked as the guard asks them (arena, models step-0 / step-N, meta guard.step)
+    # check, asked as the guard asks them (models step-N / step-0 / a kept candidate's, meta guard.step):
+    # arena tasks of 2, and rankings of 3 beside the step-5 candidate
     rl = _rl_dir(tmp_path / "ppo")
     with FeedbackStore.for_run(rl) as spot:
         who = spot.annotator("guard-sim", role="simulated")["id"]
-        for step, i, policy_won in ((5, 2, False), (5, 1, True), (10, 0, False)):
+        for step, i, ranked in ((5, 2, [0, 5]), (5, 1, [5, 0]), (10, 0, [0, 10]), (10, 2, [5, 0, 10]),
+                                (10, 1, [5, 10, 0])):  # eval steps best first
             pid = spot.add_prompt(f"p{i}", {"guard": {"step": step, "eval_index": i}})
-            mine_id = spot.add_response(pid, samples_text(step, i), model=f"step-{step}")
-            start_id = spot.add_response(pid, f"start {i}", model="step-0")
-            task = spot.create_task(pid, [start_id, mine_id], kind="arena")
-            spot.submit_ranking(task, who, [mine_id, start_id] if policy_won else [start_id, mine_id],
-                                source="simulated")
+            ids = {s: spot.add_response(pid, samples_text(s, i), model=f"step-{s}") for s in ranked}
+            task = spot.create_task(pid, sorted(ids.values()), kind="arena" if len(ids) == 2 else "rank")
+            spot.submit_ranking(task, who, [ids[s] for s in ranked], source="simulated")
     with FeedbackStore.for_run(tmp_path / "fb") as store:
         added = mine(rl, store)
         got = [(store.task(t)["prompt"], store.task(t)["meta"]["mined"]["margin"]) for t in added]
-    # guard.json's two (margins 2.0, 1.0) plus the store's lost ones: p2 at step 5 (reward 4 - start 0 = 4.0)
-    # and p0 at step 10 (1.0 - 0.0); p1 at step 5 was won by the policy: not an exploit
-    assert got == [("p2", 4.0), ("p0", 2.0), ("p1", 1.0), ("p0", 1.0)]
+    # guard.json's two (margins 2.0, 1.0) plus the store's lost ones: p2 at step 5 (reward 4 - start 0 = 4.0),
+    # p0 at step 10 (1.0 - 0.0) and p2 at step 10 (below the start in a ranking of 3: 1.0); p1 at step 5 won
+    # against the start, and p1 at step 10 ranked below step 5 but above the start: not exploits
+    assert got == [("p2", 4.0), ("p0", 2.0), ("p1", 1.0), ("p0", 1.0), ("p2", 1.0)]
 
 
 def samples_text(step: int, i: int) -> str:

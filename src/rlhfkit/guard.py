@@ -12,13 +12,16 @@ the last step) the guard measures on the held-out prompts, logged as guard/*:
 - ensemble disagreement: mean std of the reward-ensemble members on the policy's samples over
   its value on the starting policy's (Coste et al. 2023; members that share a base share
   errors, Eisenstein et al. 2023, so this is a partial signal); only for an ensemble;
-- spot checks: `guard_spot_checks` fresh comparisons per eval of the policy's response against
-  the starting policy's response to the same prompt, written as arena tasks into a feedback
-  store and answered by whoever ranks in this run (`guard_labeler`: a simulated person that
+- spot checks: `guard_spot_checks` fresh rankings per eval, each of `guard_spot_check_size`
+  responses to one held-out prompt: the policy's, the starting policy's, and those of the kept
+  candidates (the evals the guard would ship now) to the same prompt, written as ranking tasks
+  (arena tasks for 2) into a feedback store and answered by whoever ranks in this run (`guard_labeler`: a simulated person that
   ranks through the store; empty: people on the ranking page, waited for up to
   `guard_wait_s`). From them the labeler's win rate of the policy over the start (with its
-  standard error), the win curve fitted to all of them so far (`win_curve`, guard/win_fit) and
-  the reward model's agreement with the labeler on those pairs. Without a
+  standard error), the win curve fitted to all of them so far (`win_curve`: Plackett-Luce over
+  the rankings, guard/win_fit) and the reward model's agreement with the labeler on the policy's
+  place in them. A ranking of 4 costs one label, as each of the reward model's rankings of 4 did,
+  and tells the curve about 3 pairs' worth. Without a
   `guard_labeler` and with `guard_wait_s = 0` (the default) no one is asked, and the guard
   runs on its label-free signals.
 
@@ -59,6 +62,7 @@ from rlhfkit.guard_rules import (
     outcome,
     rate_with_noise,
     repetition_rate,
+    rivals,
     sigmoid,
     win_curve,
     words,
@@ -73,7 +77,10 @@ class GuardKeys:
                                        "(0: no budget)")
     guard_disagreement_rise: float = key(2.0, "stop when the ensemble's std on the policy's samples exceeds this "
                                               "multiple of its value on the starting policy's (0: off)")
-    guard_spot_checks: int = key(16, "fresh comparisons of the policy vs the starting policy per eval (0: none)")
+    guard_spot_checks: int = key(16, "fresh rankings per eval of the policy's response beside the starting "
+                                     "policy's (0: none)")
+    guard_spot_check_size: int = key(4, "responses a spot check ranks: the policy's, the start's and up to K - 2 "
+                                        "kept candidates' for the same prompt (2: the policy against the start)")
     # z = 2: a policy as good as its best so far trips the rule at ~2% of evals (one-sided)
     guard_win_drop: float = key(2.0, "stop when the fitted win rate at the latest eval falls below its best eval's by "
                                      "more than this many standard errors of the difference, at two labelled evals "
@@ -121,15 +128,19 @@ class Guard:
     def __init__(self, mode: str, out: str | Path, limits: Limits, spot_checks: int, store_spec: str = "",
                  respond: Callable | None = None, wait_s: float = 0.0, seed: int = 0,
                  save_best: Callable[[Path], None] | None = None, member_scores: Callable | None = None,
-                 is_main: bool = True, poll_s: float = 2.0, keep: int = 3):
+                 is_main: bool = True, poll_s: float = 2.0, keep: int = 3, spot_size: int = 4):
         if mode not in ("on", "observe"):
             raise UserError(f"guard mode {mode!r}: a Guard runs on or observe")
+        if spot_size < 2:
+            raise UserError(f"guard_spot_check_size = {spot_size}: a spot check ranks at least 2 responses")
         self.mode, self.out, self.limits, self.spot_checks = mode, Path(out), limits, spot_checks
         self.store_spec, self.respond, self.wait_s, self.seed, self.poll_s = store_spec, respond, wait_s, seed, poll_s
         self.save_best, self.member_scores, self.is_main, self.keep = save_best, member_scores, is_main, keep
+        self.spot_size = spot_size
         self._store = None
         self.start: dict | None = None  # the starting policy: responses and rewards per eval prompt, signals
         self.history: list[dict] = []
+        self.candidates: list[dict] = []  # the kept evals' {"step", "responses", "rewards"}: what spot checks rank
         self.tasks: list[dict] = []  # spot checks asked: step, task and response ids, RM margin, texts
         self.stop_step: int | None = None
         self.reason = ""
@@ -151,9 +162,9 @@ class Guard:
         if self.start is None:
             self.start = {"responses": texts, "rewards": [s["reward"] for s in seen], "ensemble_std": ens,
                           "length": mean([len(words(t)) for t in texts]) or 1.0}
-        labels, margins = self._spot_check(step, records, seen) if self.history else ([], [])
+        labels, agreements, rankings = self._spot_check(step, records, seen) if self.history else ([], [], [])
         win, win_se = rate_with_noise(labels) if self.history else (0.5, 0.0)
-        agree, agree_se = rate_with_noise(agreement_outcomes(margins, labels))
+        agree, agree_se = rate_with_noise(agreements)
         length = mean([len(words(t)) for t in texts])
         rec = {
             "step": step, "proxy": mean([s["reward"] for s in seen]),
@@ -164,6 +175,7 @@ class Guard:
             "ensemble_std_rel": (ens / self.start["ensemble_std"] if ens is not None and self.start["ensemble_std"]
                                  else None),
             "labels": len(labels), "win_rate": win, "win_se": win_se, "agreement": agree, "agreement_se": agree_se,
+            "rankings": rankings,
         }
         self.history.append(rec)
         fit = win_curve(self.history)
@@ -178,6 +190,9 @@ class Guard:
                 self.stop_step, self.reason, stop_now = step, "; ".join(f"{k}: {v}" for k, v in fired.items()), True
             self.kept = keep_after(self.history, self.kept, self.keep)
             self.shipped_step = choose_shipped(self.history, self.kept)
+            self.candidates = [c for c in self.candidates if c["step"] in self.kept]
+            if step in self.kept and step:
+                self.candidates.append({"step": step, "responses": texts, "rewards": [s["reward"] for s in seen]})
             self._checkpoints(step)
         self.write()
         metrics = {f"guard/{k}": float(v) for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
@@ -208,17 +223,28 @@ class Guard:
             self.best_step = self.shipped_step
 
     # ---- spot checks through the store
-    def _spot_check(self, step: int, records: list[dict], seen: list[dict]) -> tuple[list[float], list[float]]:
-        """Ask up to spot_checks fresh comparisons (policy vs start, same prompt), answered through the
-        store; -> (outcomes for the policy, the reward model's margins) of those answered."""
+    def _spot_check(self, step: int, records: list[dict], seen: list[dict]) -> tuple[list, list, list]:
+        """Ask up to spot_checks fresh rankings (the policy, the start and the best kept candidates,
+        same prompt), answered through the store; -> (the policy's outcome against the start, the
+        reward model's agreement with the labeler on the policy's place, the ranking {"order":
+        [eval steps, best first], "tie"}) per answered ranking."""
         if not self.spot_checks or (self.respond is None and self.wait_s <= 0):
-            return [], []  # no one to ask
+            return [], [], []  # no one to ask
         result = None
         if self.is_main:
             differ = [i for i, s in enumerate(seen) if s["response"] != self.start["responses"][i]]
             rng = random.Random(f"{self.seed}:guard:{step}")
             chosen = sorted(rng.sample(differ, min(self.spot_checks, len(differ))))
-            asked = [self._ask(step, records[i], seen[i], i, rng) for i in chosen]
+            cands = {c["step"]: c for c in self.candidates}
+            others = [cands[s] for s in rivals(self.history, self.kept, self.spot_size - 2) if s in cands]
+            asked = []
+            for i in chosen:
+                items = [(step, seen[i]["response"], seen[i]["reward"]),
+                         (0, self.start["responses"][i], self.start["rewards"][i])]
+                for c in others:  # a rival whose response repeats one already in the task says nothing new
+                    if c["responses"][i] not in {t for _, t, _ in items}:
+                        items.append((c["step"], c["responses"][i], c["rewards"][i]))
+                asked.append(self._ask(step, records[i], seen[i]["prompt"], items, i, rng))
             if asked:
                 self._wait([a["task_id"] for a in asked], step)
             result = self._read(asked)
@@ -234,19 +260,19 @@ class Guard:
                            FeedbackStore.for_run(self.out, spec or None))
         return self._store
 
-    def _ask(self, step: int, record: dict, sample: dict, i: int, rng: random.Random) -> dict:
+    def _ask(self, step: int, record: dict, prompt: str, items: list[tuple[int, str, float]], i: int,
+             rng: random.Random) -> dict:
+        """One ranking task of `items` (eval step, response, proxy reward), the policy's first."""
         store = self.store()
         meta = {"guard": {"step": step, "eval_index": i}}
         if "messages" in record:
             meta["messages"] = record["messages"]
-        pid = store.add_prompt(sample["prompt"], meta)
-        policy_id = store.add_response(pid, sample["response"], model=f"step-{step}")
-        start_id = store.add_response(pid, self.start["responses"][i], model="step-0")
-        pair = [policy_id, start_id] if rng.random() < 0.5 else [start_id, policy_id]  # no side for position bias
-        task_id = store.create_task(pid, pair, kind="arena")
-        ask = {"step": step, "task_id": task_id, "policy_id": policy_id, "start_id": start_id,
-               "margin": sample["reward"] - self.start["rewards"][i], "prompt": sample["prompt"],
-               "response": sample["response"], "start_response": self.start["responses"][i]}
+        pid = store.add_prompt(prompt, meta)
+        ids = [store.add_response(pid, text, model=f"step-{s}") for s, text, _ in items]
+        shown = rng.sample(range(len(items)), len(items))  # no place for position bias
+        task_id = store.create_task(pid, [ids[j] for j in shown], kind="arena" if len(items) == 2 else "rank")
+        ask = {"step": step, "task_id": task_id, "items": [[ids[j], s, r] for j, (s, _, r) in enumerate(items)],
+               "prompt": prompt, "response": items[0][1], "start_response": items[1][1]}
         self.tasks.append(ask)
         return ask
 
@@ -262,17 +288,30 @@ class Guard:
                 return
             time.sleep(self.poll_s)
 
-    def _read(self, asked: list[dict]) -> tuple[list[float], list[float]]:
+    def _read(self, asked: list[dict]) -> tuple[list[float], list[float], list[dict]]:
         by_task = {a["task_id"]: a for a in asked}
-        labels, margins = [], []
+        labels, agreements, rankings = [], [], []
         for r in self.store().rankings():
             a = by_task.get(r["task_id"])
-            if a is not None:  # every ranking of the task counts (several people may answer one)
-                labels.append(outcome(r["response_ids"][0] == a["policy_id"], r["tie"]))
-                margins.append(a["margin"])
-                if labels[-1] == 0.0 and a["margin"] > 0:  # the RM preferred what the person did not
-                    self.exploits.append({k: a[k] for k in ("step", "prompt", "response", "start_response", "margin")})
-        return labels, margins
+            if a is None:
+                continue  # every ranking of the task counts (several people may answer one)
+            step_of = {rid: s for rid, s, _ in a["items"]}
+            reward = {s: x for _, s, x in a["items"]}
+            order = [step_of[rid] for rid in r["response_ids"]]  # eval steps, best first
+            place = {s: j for j, s in enumerate(order)}
+            me = a["step"]
+            labels.append(outcome(place[me] < place[0], r["tie"]))
+            # the reward model's preference (its margin) against the labeler's, for each response ranked
+            # beside the policy's
+            agreements.append(mean(agreement_outcomes([reward[me] - reward[s] for s in order if s != me],
+                                                      [outcome(place[me] < place[s], r["tie"])
+                                                       for s in order if s != me])))
+            rankings.append({"order": order, "tie": bool(r["tie"])})
+            margin = reward[me] - reward[0]
+            if labels[-1] == 0.0 and margin > 0:  # the RM preferred what the person did not
+                self.exploits.append({"step": me, "prompt": a["prompt"], "response": a["response"],
+                                      "start_response": a["start_response"], "margin": margin})
+        return labels, agreements, rankings
 
     def _ensemble_std(self, records: list[dict], texts: list[str]) -> float | None:
         if self.member_scores is None:
@@ -288,7 +327,7 @@ class Guard:
                 "labels_total": self.labels_total, "criterion": SHIPPED_CRITERION, "keep": self.keep,
                 "kept": self.kept,
                 "rules": {name: v for name, v in asdict(self.limits).items()},
-                "spot_checks_per_eval": self.spot_checks, "evals": self.history,
+                "spot_checks_per_eval": self.spot_checks, "spot_check_size": self.spot_size, "evals": self.history,
                 # the top exploits seen up to the stop: lost to the start, preferred by the reward model
                 "exploits": sorted((e for e in self.exploits if self.stop_step is None or e["step"] <= self.stop_step),
                                    key=lambda e: -e["margin"])[:5]}
@@ -299,7 +338,8 @@ class Guard:
             atomic_write_text(self.out / "guard.json", json.dumps(self.summary(), indent=1) + "\n")
 
     def state_dict(self) -> dict:
-        return {"start": self.start, "history": self.history, "tasks": self.tasks, "stop_step": self.stop_step,
+        return {"start": self.start, "history": self.history, "candidates": self.candidates, "tasks": self.tasks,
+                "stop_step": self.stop_step,
                 "reason": self.reason, "shipped_step": self.shipped_step, "kept": self.kept,
                 "best_step": self.best_step, "labels_used": self.labels_used,
                 "labels_total": self.labels_total, "exploits": self.exploits}
@@ -359,4 +399,5 @@ def make_guard(cfg: GuardKeys, reward: str, out: str | Path, seed: int, policy=N
     respond = (simulated_responder(cfg.guard_labeler, cfg.guard_labeler_temperature, seed)
                if cfg.guard_labeler else None)
     return Guard(mode, out, Limits.from_keys(cfg), cfg.guard_spot_checks, cfg.guard_db, respond, cfg.guard_wait_s,
-                 seed, save_best, ensemble_scorer(reward), is_main, keep=cfg.guard_keep)
+                 seed, save_best, ensemble_scorer(reward), is_main, keep=cfg.guard_keep,
+                 spot_size=cfg.guard_spot_check_size)

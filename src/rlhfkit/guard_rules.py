@@ -104,32 +104,60 @@ def sigmoid(z: float) -> float:
     return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
 
 
+def observations(history: list[dict]) -> list[tuple[list[int], float]]:
+    """Every spot check so far as (eval steps ranked best first, weight). A record's `rankings`
+    ({"order": [steps], "tie": bool}, one per ranking of a spot check) count one each, a tie as
+    both orders at half weight; a record without them (guard.json before K-way spot checks) holds
+    only the policy's win rate over the start: win_rate x labels wins of [step, 0] and the rest of
+    [0, step], which is the same likelihood."""
+    obs: list[tuple[list[int], float]] = []
+    for h in history[1:]:
+        if "rankings" in h:
+            for r in h["rankings"]:
+                obs += ([(r["order"], 0.5), (r["order"][::-1], 0.5)] if r.get("tie") else [(r["order"], 1.0)])
+        elif h.get("labels"):
+            wins = h["win_rate"] * h["labels"]
+            obs += [([h["step"], 0], wins), ([0, h["step"]], h["labels"] - wins)]
+    return [(o, w) for o, w in obs if w > 0]
+
+
 def win_curve(history: list[dict], prior_sd: float = PRIOR_SD) -> tuple[tuple[float, float], list[list[float]]] | None:
-    """All spot checks so far as one curve over the eval steps: logit P(the policy at step t beats
-    the start) = a x + b x^2, x = t / the latest eval's step (x = 0, the start against itself: 0.5
-    by definition, so no intercept); -> ((a, b), their 2 x 2 covariance) or None without labels.
+    """All spot checks so far as one curve over the eval steps: u(t) = a x + b x^2, x = t / the
+    latest eval's step, the logit of P(the policy at step t beats the start) (u(0) = 0: the start
+    against itself is 0.5); -> ((a, b), their 2 x 2 covariance) or None without labels.
 
     Why one curve: the few labels an eval can afford cannot tell evals apart (12 give a win rate
     +- 0.14), but together they pin a smooth rise and turn, the shape Gao et al. (2022) measure
     for a policy optimised against a reward model (the gold score rises, then falls, with the
     distance from the start; they fit it against sqrt(KL), we fit over steps, which every eval
-    has exactly). A and b are the maximum a posteriori estimate of the outcomes' binomial
-    likelihood (a tie counts half a win) under independent normal priors of sd `prior_sd`, so
-    two labelled evals give a curve and 3 wins of 3 do not send it to infinity; Newton's method;
-    the covariance is the inverse Hessian there (Laplace)."""
-    pts = [(h["step"], h["win_rate"] * h["labels"], h["labels"]) for h in history[1:] if h.get("labels")]
-    if not pts:
+    has exactly). A spot check ranks K responses to one prompt from different eval steps (the
+    policy's, the start's, the kept candidates'), and the rankings are Plackett-Luce in u: P(order
+    s_1 > ... > s_K) = prod_j exp u(s_j) / sum_{k >= j} exp u(s_k); for K = 2 against the start
+    that is the logistic P(win) = sigmoid(u(t)). A and b are the maximum a posteriori estimate
+    under independent normal priors of sd `prior_sd`, so two labelled evals give a curve and 3
+    wins of 3 do not send it to infinity; Newton's method (the log posterior is concave); the
+    covariance is the inverse Hessian there (Laplace)."""
+    obs = observations(history)
+    if not obs:
         return None
     last = history[-1]["step"] or 1
+    feats = [([(s / last, (s / last) ** 2) for s in order], w) for order, w in obs]  # phi(s) = (x, x^2)
     lam, a, b = 1 / prior_sd ** 2, 0.0, 0.0
     for _ in range(100):
         ga, gb, haa, hab, hbb = -lam * a, -lam * b, lam, 0.0, lam  # gradient and -Hessian of the log posterior
-        for t, wins, n in pts:
-            x = t / last
-            p = sigmoid(a * x + b * x * x)
-            ga, gb = ga + (wins - n * p) * x, gb + (wins - n * p) * x * x
-            w = n * p * (1 - p)
-            haa, hab, hbb = haa + w * x * x, hab + w * x ** 3, hbb + w * x ** 4
+        for phi, w in feats:
+            u = [a * x1 + b * x2 for x1, x2 in phi]
+            for j in range(len(phi) - 1):  # the j-th pick among the items not yet picked
+                top = max(u[j:])
+                e = [math.exp(v - top) for v in u[j:]]
+                z = sum(e)
+                m1 = sum(ei * f[0] for ei, f in zip(e, phi[j:])) / z
+                m2 = sum(ei * f[1] for ei, f in zip(e, phi[j:])) / z
+                s11 = sum(ei * f[0] * f[0] for ei, f in zip(e, phi[j:])) / z - m1 * m1
+                s12 = sum(ei * f[0] * f[1] for ei, f in zip(e, phi[j:])) / z - m1 * m2
+                s22 = sum(ei * f[1] * f[1] for ei, f in zip(e, phi[j:])) / z - m2 * m2
+                ga, gb = ga + w * (phi[j][0] - m1), gb + w * (phi[j][1] - m2)
+                haa, hab, hbb = haa + w * s11, hab + w * s12, hbb + w * s22
         det = haa * hbb - hab * hab
         da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
         a, b = a + da, b + db
@@ -264,6 +292,15 @@ def keep_after(history: list[dict], kept: list[int], keep: int) -> list[int]:
     fired on it) and the `keep` most preferred stay (at least 1: best/ must exist)."""
     cands = kept + ([history[-1]["step"]] if not history[-1]["fired"] else [])
     return sorted(sorted(cands, key=_rank_key(history), reverse=True)[:max(1, keep)])
+
+
+def rivals(history: list[dict], kept: list[int], n: int) -> list[int]:
+    """The kept candidates (not the start) a spot check ranks beside the policy and the start, the
+    `n` most preferred: each such ranking measures the policy against the steps the guard would
+    ship now, the difference its stop and ship decisions turn on."""
+    if n <= 0 or not history:
+        return []
+    return sorted((s for s in kept if s != 0), key=_rank_key(history), reverse=True)[:n]
 
 
 def choose_shipped(history: list[dict], kept: list[int] | None = None) -> int:

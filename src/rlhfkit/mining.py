@@ -55,17 +55,19 @@ def read_run(rl_dir: str | Path) -> tuple[dict, list[dict]]:
 
 
 def lost_spot_checks(store, guard: dict, samples: list[dict]) -> list[dict]:
-    """Every spot check in the guard's store up to its stop that the policy lost while the reward
-    model preferred it (margin = proxy of the policy's sample - the start's, from samples.jsonl)."""
+    """Every spot check in the guard's store up to its stop where the person ranked the policy's
+    response below the start's while the reward model preferred it (margin = proxy of the policy's
+    sample - the start's, from samples.jsonl); arena tasks of 2 and rankings of K alike."""
     reward = {(s["step"], s["prompt"], s["response"]): s["reward"] for s in samples}
     stop, out = guard.get("stop_step"), []
     for r in store.rankings():
         g = (r.get("meta") or {}).get("guard")
-        if r["kind"] != "arena" or not g or r["tie"] or (stop is not None and g["step"] > stop):
+        if not g or r["tie"] or (stop is not None and g["step"] > stop):
             continue
-        if r["models"] != ["step-0", f"step-{g['step']}"]:
-            continue  # the policy won (or not a guard task)
-        start, policy = r["responses"]
+        models, me = r["models"], f"step-{g['step']}"
+        if me not in models or "step-0" not in models or models.index("step-0") > models.index(me):
+            continue  # the policy ranked above the start (or not a guard task)
+        start, policy = r["responses"][models.index("step-0")], r["responses"][models.index(me)]
         mine_r, start_r = reward.get((g["step"], r["prompt"], policy)), reward.get((0, r["prompt"], start))
         if mine_r is not None and start_r is not None and mine_r > start_r:
             out.append({"step": g["step"], "prompt": r["prompt"], "response": policy, "start_response": start,
