@@ -13,7 +13,8 @@ and shipped step, gold at start / best / shipped over the eval steps, regret = (
 (best - start), labels_used and labels_used / the rankings the reward model was trained on.
 Then the same runs replayed (`guard.replay`, exact for an observe run) with only 2 of the 12 spot
 checks per eval, and every 10 steps with 4 (rebuilt from the run's spot-check store: the labels
-budget); see VIEWS.
+budget); and re-asked (`reask`: the real Guard over the recorded evals, asking the run's person
+afresh) with rankings of 2 or 4, in --reps streams of the person's noise; see VIEWS.
 
 Writes benchmarks/results/regret.json and benchmarks/results/regret.png (gold and proxy vs step
 and vs KL for --plot-run, default punchy-s0: the run of this set where gold peaks, then falls
@@ -46,14 +47,17 @@ SEEDS = (0, 1)
 # 12 spot checks per eval (the demo asks 4): the views below replay the guard on fewer of them
 SETS = ["ppo.guard=observe", "ppo.max_steps=80", "ppo.eval_every=5", "ppo.eval_max_prompts=256",
         "ppo.guard_spot_checks=12", "ppo.threads=1", "reward.threads=1"]
-# the views of the same runs: (eval every, spot checks per eval or None = as run (12), what it is).
-# The budget views cap labels_used at 32 of the ~180 rankings the demo's reward model trains on
-# (18%), stop or no stop: 2 checks at each of 16 evals, or 4 at each of 8.
-VIEWS = ((5, None, "as run: eval every 5, 12 spot checks per eval"),
-         (5, 6, "replayed: eval every 5, the first 6 of each eval's spot checks"),
-         (5, 4, "replayed: eval every 5, the first 4 of each eval's spot checks (the demo's 4, over twice its steps)"),
-         (5, 2, "replayed: eval every 5, the first 2 of each eval's spot checks (the labels budget)"),
-         (10, 4, "replayed: eval every 10, the first 4 of each eval's spot checks (the labels budget)"))
+# the views of the same runs: (eval every, spot checks per eval or None = as run (12), responses per spot
+# check or None = the run's own pairs, what it is). The budget views cap labels_used at 32 of the ~180
+# rankings the demo's reward model trains on (18%), stop or no stop: 2 checks at each of 16 evals, or 4
+# at each of 8. Views with a size re-ask the run's person (`reask`) in --reps fresh streams of its noise.
+VIEWS = ((5, None, None, "as run: eval every 5, 12 spot checks per eval (pairs against the start)"),
+         (5, 2, None, "replayed: eval every 5, the first 2 of each eval's pairs (the labels budget)"),
+         (10, 4, None, "replayed: eval every 10, the first 4 of each eval's pairs (the labels budget)"),
+         (5, 2, 2, "re-asked: eval every 5, 2 pairs against the start per eval (the labels budget)"),
+         (5, 2, 4, "re-asked: eval every 5, 2 rankings of 4 per eval (the labels budget)"),
+         (10, 4, 4, "re-asked: eval every 10, 4 rankings of 4 per eval (the labels budget)"),
+         (5, 4, 4, "re-asked: eval every 5, 4 rankings of 4 per eval (twice the budget)"))
 RLHF_STEPS = ("recipe", "feedback", "rank", "reward", "ppo")
 
 
@@ -303,6 +307,27 @@ def spread(base: Path, work: Path) -> dict:
     return out
 
 
+def combine(paths: list[Path]) -> None:
+    """One table over several results files (e.g. the standard, hot and ensemble sets): per view, the
+    mean regret over every run and stream, each stream's worst run (the figure a study of all those
+    runs would report), and how often regret passed 0.25."""
+    results = [json.loads(p.read_text()) for p in paths]
+    print(f"{'view':<92} {'mean':>5} {'worst/stream: mean':>18} {'max':>5} {'>0.25':>7}")
+    for key, view in results[0].items():
+        if not isinstance(view, dict) or "rows" not in view:
+            continue
+        views = [r[key] for r in results if key in r]
+        if "streams" in view:
+            per_stream = list(zip(*(v["streams"]["regret"] for v in views)))  # stream -> runs of each file
+            regs = [[x for runs in stream for x in runs if x is not None] for stream in per_stream]
+        else:
+            regs = [[r["regret"] for v in views for r in v["rows"] if r["regret"] is not None]]
+        flat = [x for rs in regs for x in rs]
+        worst = [max(rs) for rs in regs]
+        print(f"{view['what']:<92} {statistics.fmean(flat):5.3f} {statistics.fmean(worst):18.2f} {max(worst):5.2f} "
+              f"{sum(x > 0.25 for x in flat):>3}/{len(flat):<3}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", type=Path, default=Path("runs/demo"), help="a finished `rlhfkit demo` run (its sft/)")
@@ -315,7 +340,13 @@ def main() -> None:
     p.add_argument("--plot-run", default="punchy-s0")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--name", default="", help="results as regretNAME.json / .png (e.g. _hot)")
+    p.add_argument("--reps", type=int, default=8, help="streams of the person's noise for the re-asked views")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                   help="no runs: one table over these results files")
     a = p.parse_args()
+    if a.combine:
+        combine(a.combine)
+        return
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     todo = [(n, s) for s in SEEDS for n in GOLDS if (a.only is None or f"{n}-s{s}" in a.only)]
@@ -342,11 +373,24 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d")}
     walls_path = a.work / "walls.json"
     result["wall_s"] = json.loads(walls_path.read_text()) if walls_path.is_file() else {}
-    for every, k, what in VIEWS:
-        rows = [summarise(a.work / f"{n}-s{s}", every, k) for n, s in done]
-        print(f"\n== {what}")
-        print(table(rows))
-        result[f"every{every}_checks{k or 12}"] = {"what": what, "rows": rows}
+    for every, k, size, what in VIEWS:
+        reps = a.reps if size is not None else 1
+        by_rep = [[summarise(a.work / f"{n}-s{s}", every, k, size, rep) for n, s in done] for rep in range(reps)]
+        print(f"\n== {what}" + (f" (stream 0 of {reps}; all streams below)" if reps > 1 else ""))
+        print(table(by_rep[0]))
+        view = {"what": what, "rows": by_rep[0]}
+        if reps > 1:
+            regs = [[r["regret"] for r in rows if r["regret"] is not None] for rows in by_rep]
+            flat = [x for rs in regs for x in rs]
+            view["streams"] = {"regret": [[r["regret"] for r in rows] for rows in by_rep],
+                               "stop_step": [[r["stop_step"] for r in rows] for rows in by_rep],
+                               "shipped_step": [[r["shipped_step"] for r in rows] for rows in by_rep],
+                               "mean_regret": statistics.fmean(flat), "worst_per_stream": [max(rs) for rs in regs],
+                               "share_above_0.25": sum(x > 0.25 for x in flat) / len(flat)}
+            print(f"over {reps} streams x {len(done)} runs: mean regret {statistics.fmean(flat):.3f}, worst per stream "
+                  f"{' '.join(f'{max(rs):.2f}' for rs in regs)} (mean {statistics.fmean(max(rs) for rs in regs):.2f}), "
+                  f"regret > 0.25 in {sum(x > 0.25 for x in flat)} of {len(flat)}")
+        result[f"every{every}_checks{k or 12}" + (f"_size{size}" if size else "")] = view
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"regret{a.name}.json").write_text(json.dumps(result, indent=1))
     if finished(a.work / a.plot_run):
