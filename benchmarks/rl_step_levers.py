@@ -8,6 +8,8 @@ time (run it on one thread there: `--threads 1`).
 Levers (an arm is "before" or "after" for each):
 - packed: the forwards over the response run only its real tokens (`rl.rollout.token_logits`);
   before: every row padded to the longest response (`response_logits`), the pads selected out.
+- scorer: the reference forward runs through the sampler's fast path, its weights reordered
+  once (`generation/score.py`); before: through the HF modules (both packed).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def padded_token_logits(model, inputs, temperature):
 
 
 LEVERS = {"packed": [("rlhfkit.rl.rollout", "token_logits", padded_token_logits),
-                     ("rlhfkit.rl.update", "token_logits", padded_token_logits)]}
+                     ("rlhfkit.rl.update", "token_logits", padded_token_logits)],
+          "scorer": [("rlhfkit.rl.rollout", "frozen_scorer", lambda model: None)]}
 
 
 def main() -> None:

@@ -362,6 +362,43 @@ def test_packed_token_logits_equal_the_padded_forward(lora, attention):
         assert torch.equal(response_logprobs(model, inp, 0.7), lps[0])
 
 
+def test_frozen_reference_scores_through_the_fast_path_made_once():
+    # a frozen Llama on the CPU (the reference) scores through generation/score.py: the same
+    # logprobs as the padded HF forward, its reordered weights made once and re-made only when
+    # the weights change (load_state_dict), and never for a model that trains
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.generation.score import FrozenScorer
+    from rlhfkit.losses import token_logprobs
+    from rlhfkit.models import tiny_llama_config
+    from rlhfkit.rl.rollout import frozen_scorer, plain_response_logits, response_logprobs
+
+    if not FrozenScorer.fits(LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2,
+                                                                n_heads=4)).requires_grad_(False)):
+        pytest.skip("no oneDNN on this CPU build")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+    exp = _shared_prompt_experience()
+    exp.mask[3, 1:] = False
+    inp = exp.inputs(range(6))
+    with torch.no_grad():
+        assert frozen_scorer(model) is None  # trainable: the HF forward
+        model.requires_grad_(False)
+        fast = response_logprobs(model, inp, 0.7)
+        scorer = frozen_scorer(model)
+        assert scorer is not None and frozen_scorer(model) is scorer  # made once
+        plain = torch.where(inp["mask"], token_logprobs(plain_response_logits(model, inp, 0.7),
+                                                        inp["input_ids"][:, -7:]), 0.0)
+        assert torch.allclose(fast, plain, atol=1e-5)  # ~5e-7 seen: fp32 rounding
+        other = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+        model.load_state_dict(other.state_dict())  # new weights: a new copy
+        assert frozen_scorer(model) is not scorer
+        moved = torch.where(inp["mask"], token_logprobs(plain_response_logits(model, inp, 0.7),
+                                                        inp["input_ids"][:, -7:]), 0.0)
+        assert torch.allclose(response_logprobs(model, inp, 0.7), moved, atol=1e-5)
+        assert not torch.allclose(moved, plain, atol=1e-3)
+
+
 def test_grpo_single_update_skips_the_old_forward_and_still_logs_entropy(tiny_base, rl_data, tmp_path):
     # one optimizer step per rollout: the rollout skips the policy's no-grad forward, the loss
     # uses its own detached logprobs (ratio exactly 1, so nothing clips), and entropy and the

@@ -5,6 +5,7 @@ the update (`response_logits`: the prompt's KV computed once per distinct prompt
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -119,38 +120,70 @@ def response_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     return torch.cat(logits, 1).float() / temperature
 
 
+@dataclass(frozen=True)
+class Packing:
+    """A micro-batch's real response tokens as one sequence after its distinct prompts (`pack`)."""
+    prompt_ids: torch.Tensor  # (U, Q) the distinct prompts, left-padded, without their last column
+    prompt_mask: torch.Tensor  # (U, Q) bool
+    prompt_pos: torch.Tensor  # (U, Q)
+    ids: torch.Tensor  # (M,) row by row: the prompt's last token, then response tokens 0..L-2
+    pos: torch.Tensor  # (M,)
+    see: torch.Tensor  # (M, U * Q + M) bool: what each packed token attends to (prompt slot u * Q + c, then packed)
+
+
+def pack(inputs: dict) -> Packing | None:
+    """The packing `token_logits` runs (None: these inputs cannot be packed: responses that are
+    not prefixes of their rows, or a prompt of under 2 tokens)."""
+    ids, attn, pos, T, mask = (inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "T", "mask"))
+    n, P = ids.shape[0], ids.shape[1] - T
+    lengths = mask.sum(1)
+    if P < 2 or int(attn[:, :P].sum(1).min()) < 2 or not bool((mask == (torch.arange(T) < lengths[:, None])).all()):
+        return None
+    Q = P - 1  # each prompt's last token opens its packed rows instead
+    uniq, inverse = torch.unique(torch.cat([ids[:, :P], attn[:, :P].long()], 1), dim=0, return_inverse=True)
+    U = len(uniq)
+    first = torch.zeros(U, dtype=torch.long)
+    first[inverse] = torch.arange(n)  # a row holding each distinct prompt
+    # input column Q + t predicts response token t, so the mask selects each row's inputs
+    row = torch.arange(n).repeat_interleave(lengths)  # (M,) each token's row
+    j = torch.arange(T).expand(n, T)[mask]  # (M,) its place in the row
+    see_prompt = (inverse[row][:, None] == torch.arange(U).repeat_interleave(Q)[None]) \
+        & attn[first, :Q].reshape(-1)[None]  # (M, U * Q)
+    see_row = (row[:, None] == row[None]) & (j[None] <= j[:, None])  # (M, M) causal within the row
+    return Packing(ids[first, :Q], attn[first, :Q], pos[first, :Q], ids[:, Q:Q + T][mask], pos[:, Q:Q + T][mask],
+                   torch.cat([see_prompt, see_row], 1))
+
+
 def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     """(M, V) logits of the response tokens `inputs["mask"]` marks, in row-major order (row 0's
     tokens, then row 1's ...); `to_rows` puts per-token values back in (n, T).
 
     Only those tokens run: the rows' responses are packed into one sequence after the distinct
-    prompts' KV cache, a block mask keeping each token to its own prompt and its own row's
-    earlier tokens. The pads after a short response cost nothing (`response_logits` pads every
-    row to the longest: SmolLM2 GRPO, 16 rows of 8-48 tokens, 462 of 752 positions real), and
-    the LM head runs on the M real positions only. Each packed row starts with its prompt's
+    prompts' KV cache (`pack`), a block mask keeping each token to its own prompt and its own
+    row's earlier tokens. The pads after a short response cost nothing (`response_logits` pads
+    every row to the longest: SmolLM2 GRPO, 16 rows of 8-48 tokens, 462 of 752 positions real),
+    and the LM head runs on the M real positions only. Each packed row starts with its prompt's
     last token (run once more, in the row, instead of in the prefill), so the logits come out
     in mask order with no gather or concatenation of (M, V) tensors. Same math as the padded
     forward to fp32 rounding (~1e-6; tests/test_rl.py). Needs an HF model with a DynamicCache
-    and sdpa or eager attention, responses that are prefixes (the sampler's masks) and prompts
-    of >= 2 tokens; anything else takes `response_logits` and selects.
+    and sdpa or eager attention, and `pack`'s inputs; anything else takes `response_logits`
+    and selects. A frozen Llama on the CPU (the reference) runs through the sampler's fast
+    path instead (`generation.score`), its weights reordered once per run.
     """
-    ids, attn, pos, T, mask = (inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "T", "mask"))
-    n, P = ids.shape[0], ids.shape[1] - T
-    lengths = mask.sum(1)
+    mask = inputs["mask"]
     impl = getattr(getattr(_inner(model), "config", None), "_attn_implementation", None)
-    prefix = bool((mask == (torch.arange(T) < lengths[:, None])).all())
-    if impl not in ("sdpa", "eager") or not prefix or P < 2 or int(attn[:, :P].sum(1).min()) < 2:
+    packing = pack(inputs) if impl in ("sdpa", "eager") else None
+    if packing is None:
         return _select(response_logits(model, inputs, temperature), mask)
-    # distinct prompts (without their last token, which opens the packed row)
-    Q = P - 1
-    uniq, inverse = torch.unique(torch.cat([ids[:, :P], attn[:, :P].long()], 1), dim=0, return_inverse=True)
-    first = torch.zeros(len(uniq), dtype=torch.long)
-    first[inverse] = torch.arange(n)
-    U = len(uniq)
+    scorer = frozen_scorer(model)
+    if scorer is not None:
+        logits = scorer.logits(packing)
+        return logits if temperature == 1.0 else logits / temperature
+    U, Q = packing.prompt_ids.shape
     # under DDP the prompt pass goes through the inner module: DDP expects one forward per
     # backward, and a parameter's gradient still reaches its hook once, summed over both uses
-    pre = _inner(model)(input_ids=ids[first, :Q], attention_mask=attn[first, :Q], position_ids=pos[first, :Q],
-                        logits_to_keep=1, use_cache=True)
+    pre = _inner(model)(input_ids=packing.prompt_ids, attention_mask=packing.prompt_mask,
+                        position_ids=packing.prompt_pos, logits_to_keep=1, use_cache=True)
     cache = output_kv_cache(pre)
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
@@ -158,21 +191,37 @@ def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     for layer in layers:  # (U, heads, Q, hd) -> (1, heads, U * Q, hd): slot u * Q + c is prompt u's column c
         layer.keys, layer.values = (x.transpose(0, 1).reshape(1, x.shape[1], U * Q, x.shape[3])
                                     for x in (layer.keys, layer.values))
-    # the packed row of response i: its prompt's last token, then response tokens 0..L-2
-    # (input column Q + t predicts response token t, so the mask selects the row's inputs)
-    tok, p = ids[:, Q:Q + T][mask], pos[:, Q:Q + T][mask]  # (M,)
-    row = torch.arange(n).repeat_interleave(lengths)  # (M,) each token's row
-    j = torch.arange(T).expand(n, T)[mask]  # (M,) its place in the row
-    see_prompt = (inverse[row][:, None] == torch.arange(U).repeat_interleave(Q)[None]) \
-        & attn[first, :Q].reshape(-1)[None]  # (M, U * Q)
-    see_row = (row[:, None] == row[None]) & (j[None] <= j[:, None])  # (M, M) causal within the row
-    block = torch.cat([see_prompt, see_row], 1)[None, None]
+    block = packing.see[None, None]
     if impl == "eager":  # eager attention adds its mask
         block = torch.zeros(block.shape, dtype=pre.logits.dtype).masked_fill(~block, torch.finfo(pre.logits.dtype).min)
-    out = model(input_ids=tok[None], attention_mask=block, position_ids=p[None], use_cache=True,
+    out = model(input_ids=packing.ids[None], attention_mask=block, position_ids=packing.pos[None], use_cache=True,
                 **kv_cache_kwargs(model, cache))
     logits = out.logits[0].float()
     return logits if temperature == 1.0 else logits / temperature
+
+
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # frozen model -> its FrozenScorer
+
+
+def frozen_scorer(model):
+    """The fast-path scorer (generation/score.py) of a frozen Llama on the CPU, made once and
+    kept while its weights stay the same; None for anything else (a model that trains, LoRA's
+    adapters-off policy, DDP, another architecture, a GPU), which takes the HF forward."""
+    from rlhfkit.generation.llama_fast import Unsupported
+    from rlhfkit.generation.score import FrozenScorer
+
+    if torch.is_grad_enabled() or not FrozenScorer.fits(model):
+        return None
+    scorer = _SCORERS.get(model)
+    if scorer is False:  # the fast path cannot run it
+        return None
+    if scorer is None or not scorer.current(model):
+        try:
+            scorer = _SCORERS[model] = FrozenScorer(model)
+        except Unsupported:
+            _SCORERS[model] = False
+            return None
+    return scorer
 
 
 def to_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
