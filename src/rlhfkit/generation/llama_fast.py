@@ -57,6 +57,19 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def rows_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: list,
+                   scale: float | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of a packed sequence, one segment at a time: query (1, H, Sq, hd), key and value
+    (1, Hkv, Sk, hd), segments [(q0, q1, keys (K,) long, mask (q1 - q0, K) bool)] covering the
+    queries in order -> (1, H, Sq, hd). The same softmax as one SDPA call over the whole
+    sequence with the block mask the segments make, without the products of every query with
+    every other row's keys (16 rows of ~30 tokens: ~1/16 of them)."""
+    gqa = query.shape[1] != key.shape[1]
+    return torch.cat([F.scaled_dot_product_attention(query[:, :, q0:q1], key[:, :, keys], value[:, :, keys],
+                                                     attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=gqa)
+                      for q0, q1, keys, mask in segments], 2)
+
+
 def layer_weights(hf) -> list[tuple]:
     """Each decoder layer's weights as the runner reads them: (norm1 w, eps, Wqkv, bqkv, (Wo, bo),
     norm2 w, eps, (Wg, bg), (Wu, bu), (Wd, bd), act). generation/quant.py packs the same tuples."""
@@ -173,8 +186,11 @@ class LlamaRunner:
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
             kc[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
             vc[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
-            a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
-                                               attn_mask=attn_mask, enable_gqa=H != Hkv)
+            if isinstance(attn_mask, list):  # segments (rows_attention)
+                a = rows_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end], attn_mask)
+            else:
+                a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                                                   attn_mask=attn_mask, enable_gqa=H != Hkv)
             x = x + linear(a.transpose(1, 2).reshape(B, S, H * hd), wo, bo)
             h = _rms_norm(x, n2, e2)
             g = linear(h, wg, bg)

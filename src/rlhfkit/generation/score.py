@@ -6,9 +6,10 @@
 The reference never trains, so its weights are laid out for oneDNN once per run
 (`matmul.py`'s "onednn": reordered weights, gate and up fused) and every step's reference
 forward runs through `llama_fast.LlamaRunner`'s layers instead of the HF modules: one forward
-over the distinct prompts and the packed responses together (one sequence, a block mask:
-each prompt causal on its own real tokens, each response on its prompt and its own earlier
-tokens), the LM head on the response positions only. Same math as the HF forward to fp32
+over the distinct prompts and the packed responses together (one sequence; its attention
+segment by segment, `llama_fast.rows_attention`: each prompt causal on its own real tokens,
+each response on its prompt and its own earlier tokens), the LM head on the response
+positions only. Same math as the HF forward to fp32
 rounding (~1e-6 relative; tests/test_rl.py checks it against the padded HF forward). It holds
 a second, reordered copy of the weights (~0.54 GB for SmolLM2-135M) for the run.
 """
@@ -57,13 +58,13 @@ class FrozenScorer:
         need = max(S, int(pos.max()) + 1)
         if r.k_cache[0].shape[2] < need:
             r.allocate(1, need)
-        # each prompt causal on its own real tokens; a pad query sees itself (no empty softmax row)
+        # each prompt causal on its own real tokens (a pad query sees itself: no empty softmax row),
+        # then the packed rows as `Packing.segments` say (their queries after the prompts')
         c = torch.arange(Q)
-        own = (c[None, :] <= c[:, None])[None, :, None, :] & (packing.prompt_mask[None, None] |
-                                                              torch.eye(Q, dtype=torch.bool)[None, :, None, :])
-        prompts = own & torch.eye(U, dtype=torch.bool)[:, None, :, None]  # (U, Q, U, Q)
-        top = torch.cat([prompts.reshape(U * Q, U * Q), torch.zeros(U * Q, M, dtype=torch.bool)], 1)
-        see = torch.cat([top, packing.see])  # (S, S)
+        segments = [(u * Q, (u + 1) * Q, u * Q + c,
+                     (c[None, :] <= c[:, None]) & (packing.prompt_mask[u][None] | torch.eye(Q, dtype=torch.bool)))
+                    for u in range(U)]
+        segments += [(U * Q + q0, U * Q + q1, keys, mask) for q0, q1, keys, mask in packing.segments]
         r.n = 0
-        h = r._forward(ids[None], pos[None], see[None, None], last=False)[0]  # (S, D)
+        h = r._forward(ids[None], pos[None], segments, last=False)[0]  # (S, D)
         return r._head(h[U * Q:])

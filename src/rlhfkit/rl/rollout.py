@@ -14,6 +14,7 @@ from rlhfkit.losses import masked_mean, token_logprobs
 from rlhfkit.models import kv_cache_kwargs, output_kv_cache
 from rlhfkit.rewards.spec import Reward
 from rlhfkit.rl.config import RolloutSpec
+from rlhfkit.rl.packed import pack, segment_attention
 
 
 def stream_seed(*parts) -> int:
@@ -120,40 +121,6 @@ def response_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     return torch.cat(logits, 1).float() / temperature
 
 
-@dataclass(frozen=True)
-class Packing:
-    """A micro-batch's real response tokens as one sequence after its distinct prompts (`pack`)."""
-    prompt_ids: torch.Tensor  # (U, Q) the distinct prompts, left-padded, without their last column
-    prompt_mask: torch.Tensor  # (U, Q) bool
-    prompt_pos: torch.Tensor  # (U, Q)
-    ids: torch.Tensor  # (M,) row by row: the prompt's last token, then response tokens 0..L-2
-    pos: torch.Tensor  # (M,)
-    see: torch.Tensor  # (M, U * Q + M) bool: what each packed token attends to (prompt slot u * Q + c, then packed)
-
-
-def pack(inputs: dict) -> Packing | None:
-    """The packing `token_logits` runs (None: these inputs cannot be packed: responses that are
-    not prefixes of their rows, or a prompt of under 2 tokens)."""
-    ids, attn, pos, T, mask = (inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "T", "mask"))
-    n, P = ids.shape[0], ids.shape[1] - T
-    lengths = mask.sum(1)
-    if P < 2 or int(attn[:, :P].sum(1).min()) < 2 or not bool((mask == (torch.arange(T) < lengths[:, None])).all()):
-        return None
-    Q = P - 1  # each prompt's last token opens its packed rows instead
-    uniq, inverse = torch.unique(torch.cat([ids[:, :P], attn[:, :P].long()], 1), dim=0, return_inverse=True)
-    U = len(uniq)
-    first = torch.zeros(U, dtype=torch.long)
-    first[inverse] = torch.arange(n)  # a row holding each distinct prompt
-    # input column Q + t predicts response token t, so the mask selects each row's inputs
-    row = torch.arange(n).repeat_interleave(lengths)  # (M,) each token's row
-    j = torch.arange(T).expand(n, T)[mask]  # (M,) its place in the row
-    see_prompt = (inverse[row][:, None] == torch.arange(U).repeat_interleave(Q)[None]) \
-        & attn[first, :Q].reshape(-1)[None]  # (M, U * Q)
-    see_row = (row[:, None] == row[None]) & (j[None] <= j[:, None])  # (M, M) causal within the row
-    return Packing(ids[first, :Q], attn[first, :Q], pos[first, :Q], ids[:, Q:Q + T][mask], pos[:, Q:Q + T][mask],
-                   torch.cat([see_prompt, see_row], 1))
-
-
 def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     """(M, V) logits of the response tokens `inputs["mask"]` marks, in row-major order (row 0's
     tokens, then row 1's ...); `to_rows` puts per-token values back in (n, T).
@@ -191,11 +158,12 @@ def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     for layer in layers:  # (U, heads, Q, hd) -> (1, heads, U * Q, hd): slot u * Q + c is prompt u's column c
         layer.keys, layer.values = (x.transpose(0, 1).reshape(1, x.shape[1], U * Q, x.shape[3])
                                     for x in (layer.keys, layer.values))
-    block = packing.see[None, None]
+    block = packing.see[None, None]  # what a recomputing forward (activation checkpointing) attends with
     if impl == "eager":  # eager attention adds its mask
         block = torch.zeros(block.shape, dtype=pre.logits.dtype).masked_fill(~block, torch.finfo(pre.logits.dtype).min)
-    out = model(input_ids=packing.ids[None], attention_mask=block, position_ids=packing.pos[None], use_cache=True,
-                **kv_cache_kwargs(model, cache))
+    with segment_attention(_inner(model).config, packing.segments):  # each row on its own keys only
+        out = model(input_ids=packing.ids[None], attention_mask=block, position_ids=packing.pos[None],
+                    use_cache=True, **kv_cache_kwargs(model, cache))
     logits = out.logits[0].float()
     return logits if temperature == 1.0 else logits / temperature
 
