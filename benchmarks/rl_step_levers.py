@@ -6,8 +6,10 @@ time (run it on one thread there: `--threads 1`).
     python benchmarks/rl_step_levers.py --steps 3 --threads 1 --out results/rl_step_levers.json
 
 Levers (an arm is "before" or "after" for each):
-- packed: the forwards over the response run only its real tokens (`rl.rollout.token_logits`);
-  before: every row padded to the longest response (`response_logits`), the pads selected out.
+- packed: the forwards over the response run only its real tokens (`rl.rollout.token_logits`,
+  with what rides on it: attention segment by segment, the reference through generation/score.py);
+  before: every row padded to the longest response (`response_logits`), the pads selected out,
+  the reference through the HF modules: the 2026-12-02 path.
 - scorer: the reference forward runs through the sampler's fast path, its weights reordered
   once (`generation/score.py`); before: through the HF modules (both packed).
 """

@@ -1,6 +1,7 @@
 """A step's rollout: sample G responses per prompt, score them, run the no-grad forwards
 (old and reference logprobs, values), all-gather; and the response forward they share with
-the update (`response_logits`: the prompt's KV computed once per distinct prompt)."""
+the update (`token_logits`: the prompt's KV computed once per distinct prompt, then only the
+real response tokens, packed; a frozen reference through the fast path, generation/score.py)."""
 
 from __future__ import annotations
 
