@@ -67,10 +67,10 @@ def _faster_threads(model, most: int) -> int:
     timed(1, 1), timed(most, 1)
     # rounds of ~15 ms, alternating, so a competing process is seen the way a long training
     # loop sees it; the best round of each count: an interruption only ever slows a round,
-    # while a busy process on the machine slows every 2-thread round (measured on the 2-core
-    # machine at 5 rounds: quiet, the best rounds' ratio read 1.7-1.9, where the median of 3
-    # single-matmul rounds read below 1.2 in 3 of 8 probes, keeping a quiet run on 1 thread;
-    # beside a busy process at the same priority it chose 1 in 17 of 18 probes)
+    # while a busy process on the machine slows every 2-thread round (2-core machine: idle, the
+    # best rounds read 1.65-1.9x; with one job coming and going, the median of 3 single-matmul
+    # rounds read 0.8-1.2 in 3 of 8 probes, i.e. 1 thread; beside a busy process, at the same
+    # priority or at nice 19, both ways chose 1 in 12 of 12; benchmarks/README.md)
     reps = max(1, round(0.015 / max(timed(1, 1), 1e-6)))
     one, many = [], []
     for _ in range(5):
