@@ -28,29 +28,29 @@ def pack(inputs: dict) -> Packing | None:
     """Experience.inputs -> Packing; None where the inputs cannot be packed (responses that are
     not prefixes of their rows, or a prompt of under 2 tokens)."""
     ids, attn, pos, T, mask = (inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "T", "mask"))
-    n, P = ids.shape[0], ids.shape[1] - T
+    n, P, dev = ids.shape[0], ids.shape[1] - T, ids.device
     lengths = mask.sum(1)
-    if P < 2 or int(attn[:, :P].sum(1).min()) < 2 or not bool((mask == (torch.arange(T) < lengths[:, None])).all()):
+    if P < 2 or int(attn[:, :P].sum(1).min()) < 2 or not bool((mask == (torch.arange(T, device=dev) < lengths[:, None])).all()):
         return None
     Q = P - 1  # each prompt's last token opens its packed rows instead
     uniq, inverse = torch.unique(torch.cat([ids[:, :P], attn[:, :P].long()], 1), dim=0, return_inverse=True)
     U = len(uniq)
-    first = torch.zeros(U, dtype=torch.long)
-    first[inverse] = torch.arange(n)  # a row holding each distinct prompt
+    first = torch.zeros(U, dtype=torch.long, device=dev)
+    first[inverse] = torch.arange(n, device=dev)  # a row holding each distinct prompt
     prompt_mask = attn[first, :Q]
     # input column Q + t predicts response token t, so the mask selects each row's inputs
-    row = torch.arange(n).repeat_interleave(lengths)  # (M,) each token's row
-    j = torch.arange(T).expand(n, T)[mask]  # (M,) its place in the row
-    see_prompt = (inverse[row][:, None] == torch.arange(U).repeat_interleave(Q)[None]) \
+    row = torch.arange(n, device=dev).repeat_interleave(lengths)  # (M,) each token's row
+    j = torch.arange(T, device=dev).expand(n, T)[mask]  # (M,) its place in the row
+    see_prompt = (inverse[row][:, None] == torch.arange(U, device=dev).repeat_interleave(Q)[None]) \
         & prompt_mask.reshape(-1)[None]  # (M, U * Q)
     see_row = (row[:, None] == row[None]) & (j[None] <= j[:, None])  # (M, M) causal within the row
     real = [u * Q + torch.nonzero(prompt_mask[u])[:, 0] for u in range(U)]  # each prompt's real slots
     segments, start = [], 0
     for i, L in enumerate(lengths.tolist()):
         if L:
-            keys = torch.cat([real[int(inverse[i])], U * Q + torch.arange(start, start + L)])
+            keys = torch.cat([real[int(inverse[i])], U * Q + torch.arange(start, start + L, device=dev)])
             p = len(keys) - L
-            segments.append((start, start + L, keys, torch.ones(L, p + L, dtype=torch.bool).tril(p)))
+            segments.append((start, start + L, keys, torch.ones(L, p + L, dtype=torch.bool, device=dev).tril(p)))
             start += L
     return Packing(ids[first, :Q], prompt_mask, pos[first, :Q], ids[:, Q:Q + T][mask], pos[:, Q:Q + T][mask],
                    torch.cat([see_prompt, see_row], 1), segments)

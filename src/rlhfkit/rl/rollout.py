@@ -195,7 +195,7 @@ def frozen_scorer(model):
 
 def to_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(M,) per-token values in `token_logits`' order -> (n, T), 0 where `mask` is False."""
-    return torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
 def response_targets(inputs: dict) -> torch.Tensor:
