@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--lever", default="packed", choices=sorted(LEVERS))
     p.add_argument("--int8", action="store_true", help="rollout_quant=int8, is_correction=tis")
     p.add_argument("--model", default="")
+    p.add_argument("--work", default="/tmp/rl_step_levers", help="where the prompts (and a random model) go")
     p.add_argument("--out", default="")
     a = p.parse_args()
 
@@ -63,8 +64,8 @@ def main() -> None:
     from rlhfkit.stages.grpo import Config, clipped_loss, grpo_advantages
     from rlhfkit.training import make_optimizer
 
-    work = Path("/tmp/rl_step_levers")
-    work.mkdir(exist_ok=True)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
     model, what = smollm2_or_random(work, a.model)
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in bench.PROMPTS))
     extra = {"rollout_quant": "int8", "is_correction": "tis"} if a.int8 else {}
