@@ -320,6 +320,85 @@ def test_shared_prompt_forward_equals_the_plain_forward(lora):
     assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-4) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("lora,attention", [(False, "sdpa"), (True, "sdpa"), (False, "eager")])
+def test_packed_token_logits_equal_the_padded_forward(lora, attention):
+    # token_logits runs only the real response tokens (packed into one row after the distinct
+    # prompts' cache, a block mask per row): its logprobs and gradients must equal the padded
+    # full-batch forward's on the masked positions, for rows of 7, 4, 2 and 1 tokens
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.losses import token_logprobs
+    from rlhfkit.models import add_lora, tiny_llama_config
+    from rlhfkit.rl.rollout import plain_response_logits, response_logprobs, response_targets, to_rows, token_logits
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+    model.config._attn_implementation = attention
+    if lora:
+        model = add_lora(model, 4, 8)
+        for n, p in model.named_parameters():  # non-zero B, so the adapters' gradients are not all 0
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.1)
+    exp = _shared_prompt_experience()
+    exp.mask[3, 1:] = False  # a one-token response: only the prompt's last position predicts it
+    inp = exp.inputs(range(6))
+    m, w = inp["mask"], torch.randn(6, 7, generator=torch.Generator().manual_seed(1))
+    packed = token_logits(model, inp, 0.7)
+    assert packed.shape == (7 + 4 + 7 + 1 + 2 + 7, 300)  # one row per real response token
+    lps, grads = [], []
+    for fn in ("packed", "plain"):
+        model.zero_grad()
+        if fn == "packed":
+            lp = to_rows(token_logprobs(token_logits(model, inp, 0.7), response_targets(inp)), m)
+        else:
+            lp = torch.where(m, token_logprobs(plain_response_logits(model, inp, 0.7), inp["input_ids"][:, -7:]), 0.0)
+        (lp * w).sum().backward()
+        lps.append(lp.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert (lps[0][~m] == 0).all()  # nothing after a row's end
+    assert torch.allclose(lps[0], lps[1], atol=1e-5)  # ~5e-7 seen: fp32 rounding
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads))
+    with torch.no_grad():
+        assert torch.equal(response_logprobs(model, inp, 0.7), lps[0])
+
+
+def test_frozen_reference_scores_through_the_fast_path_made_once():
+    # a frozen Llama on the CPU (the reference) scores through generation/score.py: the same
+    # logprobs as the padded HF forward, its reordered weights made once and re-made only when
+    # the weights change (load_state_dict), and never for a model that trains
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.generation.score import FrozenScorer
+    from rlhfkit.losses import token_logprobs
+    from rlhfkit.models import tiny_llama_config
+    from rlhfkit.rl.rollout import frozen_scorer, plain_response_logits, response_logprobs
+
+    if not FrozenScorer.fits(LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2,
+                                                                n_heads=4)).requires_grad_(False)):
+        pytest.skip("no oneDNN on this CPU build")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+    exp = _shared_prompt_experience()
+    exp.mask[3, 1:] = False
+    inp = exp.inputs(range(6))
+    with torch.no_grad():
+        assert frozen_scorer(model) is None  # trainable: the HF forward
+        model.requires_grad_(False)
+        fast = response_logprobs(model, inp, 0.7)
+        scorer = frozen_scorer(model)
+        assert scorer is not None and frozen_scorer(model) is scorer  # made once
+        plain = torch.where(inp["mask"], token_logprobs(plain_response_logits(model, inp, 0.7),
+                                                        inp["input_ids"][:, -7:]), 0.0)
+        assert torch.allclose(fast, plain, atol=1e-5)  # ~5e-7 seen: fp32 rounding
+        other = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
+        model.load_state_dict(other.state_dict())  # new weights: a new copy
+        assert frozen_scorer(model) is not scorer
+        moved = torch.where(inp["mask"], token_logprobs(plain_response_logits(model, inp, 0.7),
+                                                        inp["input_ids"][:, -7:]), 0.0)
+        assert torch.allclose(response_logprobs(model, inp, 0.7), moved, atol=1e-5)
+        assert not torch.allclose(moved, plain, atol=1e-3)
+
+
 def test_grpo_single_update_skips_the_old_forward_and_still_logs_entropy(tiny_base, rl_data, tmp_path):
     # one optimizer step per rollout: the rollout skips the policy's no-grad forward, the loss
     # uses its own detached logprobs (ratio exactly 1, so nothing clips), and entropy and the

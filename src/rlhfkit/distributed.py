@@ -61,14 +61,22 @@ def _faster_threads(model, most: int) -> int:
             a @ w
         return time.perf_counter() - t
 
-    # rounds of ~15 ms, alternating, so a competing process is seen the way a long
-    # training loop sees it (a single ~1 ms matmul slips between its time slices)
-    reps = max(1, int(0.015 / max(timed(1, 1), 1e-6)))
+    # warm both counts first: a process's first matmul and the OpenMP pool's first use on
+    # `most` threads cost several ms, which once made a round's count of 1 (and so a probe of
+    # one ~8 ms matmul per round, where a single time slice of any other process decides)
+    timed(1, 1), timed(most, 1)
+    # rounds of ~15 ms, alternating, so a competing process is seen the way a long training
+    # loop sees it; the best round of each count: an interruption only ever slows a round,
+    # while a busy process on the machine slows every 2-thread round (2-core machine: idle, the
+    # best rounds read 1.65-1.9x; with one job coming and going, the median of 3 single-matmul
+    # rounds read 0.8-1.2 in 3 of 8 probes, i.e. 1 thread; beside a busy process, at the same
+    # priority or at nice 19, both ways chose 1 in 12 of 12; benchmarks/README.md)
+    reps = max(1, round(0.015 / max(timed(1, 1), 1e-6)))
     one, many = [], []
-    for _ in range(3):
+    for _ in range(5):
         one.append(timed(1, reps))
         many.append(timed(most, reps))
-    return most if sorted(many)[1] * 1.2 < sorted(one)[1] else 1  # more threads only for a clear gain
+    return most if min(many) * 1.2 < min(one) else 1  # more threads only for a clear gain
 
 
 def is_main() -> bool:

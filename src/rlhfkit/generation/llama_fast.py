@@ -57,6 +57,19 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def rows_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: list,
+                   scale: float | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of a packed sequence, one segment at a time: query (1, H, Sq, hd), key and value
+    (1, Hkv, Sk, hd), segments [(q0, q1, keys (K,) long, mask (q1 - q0, K) bool)] covering the
+    queries in order -> (1, H, Sq, hd). The same softmax as one SDPA call over the whole
+    sequence with the block mask the segments make, without the products of every query with
+    every other row's keys (16 rows of ~30 tokens: ~1/16 of them)."""
+    gqa = query.shape[1] != key.shape[1]
+    return torch.cat([F.scaled_dot_product_attention(query[:, :, q0:q1], key[:, :, keys], value[:, :, keys],
+                                                     attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=gqa)
+                      for q0, q1, keys, mask in segments], 2)
+
+
 def layer_weights(hf) -> list[tuple]:
     """Each decoder layer's weights as the runner reads them: (norm1 w, eps, Wqkv, bqkv, (Wo, bo),
     norm2 w, eps, (Wg, bg), (Wu, bu), (Wd, bd), act). generation/quant.py packs the same tuples."""
@@ -89,7 +102,9 @@ class LlamaRunner:
 
     PREFILL_TOKENS = 256  # prompt tokens per chunk of the prefill (see prefill)
 
-    def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None):
+    def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None,
+                 pack_rows: int | None = None):
+        """pack_rows: the rows of the products the packed weights are laid out for (default: batch)."""
         from torch import nn
 
         cfg, m = hf.config, hf.model
@@ -117,13 +132,20 @@ class LlamaRunner:
         if matmul not in MATMULS:
             raise ValueError(f"unknown matmul path '{matmul}' (have: {', '.join(MATMULS)})")
         self.matmul, self.mm = matmul, MATMULS[matmul]
-        self.layers = [self._prepare(layer, batch) for layer in layer_weights(hf)]
+        rows = pack_rows or batch
+        self.layers = [self._prepare(layer, rows) for layer in layer_weights(hf)]
         self.norm = (m.norm.weight, m.norm.variance_epsilon)
         w, b = _linear(hf.lm_head)
-        self.lm_head = (w if self.mm.pack is None else self.mm.pack(w, batch), b)
+        self.lm_head = (w if self.mm.pack is None else self.mm.pack(w, rows), b)
+        self._rotary = m.rotary_emb
+        self.allocate(batch, max_len)
+
+    def allocate(self, batch: int, max_len: int) -> None:
+        """(Re)make the KV cache for `batch` rows of `max_len` slots, and cos/sin for as many positions."""
+        dev, dt = self.embed.device, self.embed.dtype
         # cos/sin of every position from the model's own rotary module (its rope_type,
         # theta and scaling); per step they are gathered by position id
-        cos, sin = m.rotary_emb(self.embed[:1][None], torch.arange(max_len, device=dev)[None])
+        cos, sin = self._rotary(self.embed[:1][None], torch.arange(max_len, device=dev)[None])
         self.cos, self.sin = cos[0].to(dt), sin[0].to(dt)  # (max_len, hd)
         shape = (batch, self.Hkv, max_len, self.hd)
         self.k_cache = [torch.empty(shape, device=dev, dtype=dt) for _ in self.layers]
@@ -145,10 +167,10 @@ class LlamaRunner:
         return n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
-                 quant: bool = False, row0: int = 0) -> torch.Tensor:
-        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows
-        row0..row0+B-1, slots n..n+S-1 (the caller then moves self.n on by S). quant: through
-        the int8 copies (self.quant)."""
+                 quant: bool = False, row0: int = 0, last: bool = True) -> torch.Tensor:
+        """ids, pos (B, S) -> last position's final hidden state (B, D) (last=False: every
+        position's, (B, S, D)); writes cache rows row0..row0+B-1, slots n..n+S-1 (the caller then
+        moves self.n on by S). quant: through the int8 copies (self.quant)."""
         B, S = ids.shape
         H, Hkv, hd, start = self.H, self.Hkv, self.hd, self.n
         end = start + S
@@ -164,8 +186,11 @@ class LlamaRunner:
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
             kc[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
             vc[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
-            a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
-                                               attn_mask=attn_mask, enable_gqa=H != Hkv)
+            if isinstance(attn_mask, list):  # segments (rows_attention)
+                a = rows_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end], attn_mask)
+            else:
+                a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                                                   attn_mask=attn_mask, enable_gqa=H != Hkv)
             x = x + linear(a.transpose(1, 2).reshape(B, S, H * hd), wo, bo)
             h = _rms_norm(x, n2, e2)
             g = linear(h, wg, bg)
@@ -174,7 +199,7 @@ class LlamaRunner:
             else:
                 u = linear(h, wu, bu)
             x = x + linear(act(g) * u, wd, bd)
-        return _rms_norm(x[:, -1], *self.norm)
+        return _rms_norm(x[:, -1] if last else x, *self.norm)
 
     def _head(self, h: torch.Tensor, quant: bool = False) -> torch.Tensor:
         """(B, D) -> (B, V) logits."""

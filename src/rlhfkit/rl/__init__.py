@@ -2,7 +2,9 @@
 
     config.py    RLConfig (the shared keys), check_sizes, the frozen RolloutSpec / UpdateSpec
     setup.py     load_models (policy, reference, LoRA), load_prompts
-    rollout.py   Experience, collect (sample, score, no-grad forwards, all-gather), response_logits
+    rollout.py   Experience, collect (sample, score, no-grad forwards, all-gather), token_logits
+                 (the forward over the real response tokens only) and its padded response_logits
+    packed.py    the packing token_logits runs, and the attention that keeps packed rows apart
     update.py    update (ppo_epochs x num_minibatches optimizer steps), own_logprobs
     evaluate.py  evaluate (eval/* metrics and every eval prompt's sample), SamplesLog
     loop.py      Algorithm and run(cfg, algorithm, guard=None): the step loop, eval, guard hook,

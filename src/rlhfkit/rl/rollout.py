@@ -1,10 +1,12 @@
 """A step's rollout: sample G responses per prompt, score them, run the no-grad forwards
 (old and reference logprobs, values), all-gather; and the response forward they share with
-the update (`response_logits`: the prompt's KV computed once per distinct prompt)."""
+the update (`token_logits`: the prompt's KV computed once per distinct prompt, then only the
+real response tokens, packed; a frozen reference through the fast path, generation/score.py)."""
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from rlhfkit.losses import masked_mean, token_logprobs
 from rlhfkit.models import kv_cache_kwargs, output_kv_cache
 from rlhfkit.rewards.spec import Reward
 from rlhfkit.rl.config import RolloutSpec
+from rlhfkit.rl.packed import pack, segment_attention
 
 
 def stream_seed(*parts) -> int:
@@ -119,6 +122,95 @@ def response_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     return torch.cat(logits, 1).float() / temperature
 
 
+def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
+    """(M, V) logits of the response tokens `inputs["mask"]` marks, in row-major order (row 0's
+    tokens, then row 1's ...); `to_rows` puts per-token values back in (n, T).
+
+    Only those tokens run: the rows' responses are packed into one sequence after the distinct
+    prompts' KV cache (`pack`), a block mask keeping each token to its own prompt and its own
+    row's earlier tokens. The pads after a short response cost nothing (`response_logits` pads
+    every row to the longest: SmolLM2 GRPO, 16 rows of 8-48 tokens, 462 of 752 positions real),
+    and the LM head runs on the M real positions only. Each packed row starts with its prompt's
+    last token (run once more, in the row, instead of in the prefill), so the logits come out
+    in mask order with no gather or concatenation of (M, V) tensors. Same math as the padded
+    forward to fp32 rounding (~1e-6; tests/test_rl.py). Needs an HF model with a DynamicCache
+    and sdpa or eager attention, and `pack`'s inputs; anything else takes `response_logits`
+    and selects. A frozen Llama on the CPU (the reference) runs through the sampler's fast
+    path instead (`generation.score`), its weights reordered once per run.
+    """
+    mask = inputs["mask"]
+    impl = getattr(getattr(_inner(model), "config", None), "_attn_implementation", None)
+    packing = pack(inputs) if impl in ("sdpa", "eager") else None
+    if packing is None:
+        return _select(response_logits(model, inputs, temperature), mask)
+    scorer = frozen_scorer(model)
+    if scorer is not None:
+        logits = scorer.logits(packing)
+        return logits if temperature == 1.0 else logits / temperature
+    U, Q = packing.prompt_ids.shape
+    # under DDP the prompt pass goes through the inner module: DDP expects one forward per
+    # backward, and a parameter's gradient still reaches its hook once, summed over both uses
+    pre = _inner(model)(input_ids=packing.prompt_ids, attention_mask=packing.prompt_mask,
+                        position_ids=packing.prompt_pos, logits_to_keep=1, use_cache=True)
+    cache = output_kv_cache(pre)
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        return _select(response_logits(model, inputs, temperature), mask)
+    for layer in layers:  # (U, heads, Q, hd) -> (1, heads, U * Q, hd): slot u * Q + c is prompt u's column c
+        layer.keys, layer.values = (x.transpose(0, 1).reshape(1, x.shape[1], U * Q, x.shape[3])
+                                    for x in (layer.keys, layer.values))
+    block = packing.see[None, None]  # what a recomputing forward (activation checkpointing) attends with
+    if impl == "eager":  # eager attention adds its mask
+        block = torch.zeros(block.shape, dtype=pre.logits.dtype).masked_fill(~block, torch.finfo(pre.logits.dtype).min)
+    with segment_attention(_inner(model).config, packing.segments):  # each row on its own keys only
+        out = model(input_ids=packing.ids[None], attention_mask=block, position_ids=packing.pos[None],
+                    use_cache=True, **kv_cache_kwargs(model, cache))
+    logits = out.logits[0].float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # frozen model -> its FrozenScorer
+
+
+def frozen_scorer(model):
+    """The fast-path scorer (generation/score.py) of a frozen Llama on the CPU, made once and
+    kept while its weights stay the same; None for anything else (a model that trains, LoRA's
+    adapters-off policy, DDP, another architecture, a GPU), which takes the HF forward."""
+    from rlhfkit.generation.llama_fast import Unsupported
+    from rlhfkit.generation.score import FrozenScorer
+
+    if torch.is_grad_enabled() or not FrozenScorer.fits(model):
+        return None
+    scorer = _SCORERS.get(model)
+    if scorer is False:  # the fast path cannot run it
+        return None
+    if scorer is None or not scorer.current(model):
+        try:
+            scorer = _SCORERS[model] = FrozenScorer(model)
+        except Unsupported:
+            _SCORERS[model] = False
+            return None
+    return scorer
+
+
+def to_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(M,) per-token values in `token_logits`' order -> (n, T), 0 where `mask` is False."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+def response_targets(inputs: dict) -> torch.Tensor:
+    """(M,) the response tokens `token_logits` predicts, in its order."""
+    return inputs["input_ids"][:, -inputs["T"]:][inputs["mask"]]
+
+
+def _select(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logits[mask]
+
+
+def _inner(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def plain_response_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     """`response_logits` by one forward over every row's whole [prompt | response]."""
     ids, attn, pos, T = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], inputs["T"]
@@ -127,9 +219,9 @@ def plain_response_logits(model, inputs: dict, temperature: float) -> torch.Tens
 
 
 def response_logprobs(model, inputs: dict, temperature: float) -> torch.Tensor:
-    """(n, T) log p(response token) (trimmed to the rows' longest response)."""
-    T = inputs["T"]
-    return token_logprobs(response_logits(model, inputs, temperature), inputs["input_ids"][:, -T:])
+    """(n, T) log p(response token) (trimmed to the rows' longest response; 0 after a row's end)."""
+    return to_rows(token_logprobs(token_logits(model, inputs, temperature), response_targets(inputs)),
+                   inputs["mask"])
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -204,9 +296,9 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
         inp = local.inputs(part)
         sl, t = slice(int(part[0]), int(part[-1]) + 1), inp["T"]
         if old_logprobs:
-            logits = response_logits(policy, inp, spec.temperature)
-            old_lp[sl, :t] = token_logprobs(logits, inp["input_ids"][:, -t:])
-            ent[sl, :t] = entropy(logits)
+            logits = token_logits(policy, inp, spec.temperature)  # (M, V): the response tokens only
+            old_lp[sl, :t] = to_rows(token_logprobs(logits, response_targets(inp)), inp["mask"])
+            ent[sl, :t] = to_rows(entropy(logits), inp["mask"])
             del logits
         if ref is None:
             with policy.disable_adapter():

@@ -11,20 +11,21 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.losses import IS_CORRECTIONS, masked_mean, token_logprobs
 from rlhfkit.rl.config import UpdateSpec
-from rlhfkit.rl.rollout import Experience, entropy, rank_world, response_logits, stream_seed
+from rlhfkit.rl.rollout import Experience, entropy, rank_world, response_targets, stream_seed, to_rows, token_logits
 
 
 def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The training forward of a micro-batch: -> logprobs (n, T) with grad, the logprobs the
     ratio is taken against (the rollout's, or these detached when collect skipped them), and
     the metrics collect left out in that case (policy/entropy, rollout/logprob_gap)."""
-    logits = response_logits(model, mb, temperature)
-    logprobs = token_logprobs(logits, mb["input_ids"][:, -mb["T"]:])
+    m = mb["mask"]
+    logits = token_logits(model, mb, temperature)  # (M, V): the response tokens only
+    logprobs = to_rows(token_logprobs(logits, response_targets(mb)), m)
     if mb.get("old_logprobs") is not None:
         return logprobs, mb["old_logprobs"], {}
     with torch.no_grad():
-        lp, m = logprobs.detach(), mb["mask"]
-        met = {"policy/entropy": float(masked_mean(entropy(logits), m)),
+        lp = logprobs.detach()
+        met = {"policy/entropy": float(entropy(logits).mean()) if len(logits) else 0.0,
                "rollout/logprob_gap": float(masked_mean((mb["sampler_logprobs"] - lp).abs(), m))}
         if mb.get("sampler_quantized") and mb.get("ref_logprobs") is not None:
             # collect's policy/kl_ref came from the sampler's logprobs, which an int8 sampler
