@@ -52,3 +52,26 @@ def test_runner_steps_agree_with_each_decode_attention():
                 p = p + 1
             outs[attention] = torch.stack(steps)
     assert (outs["grouped"] - outs["sdpa"]).abs().max() < 1e-5  # logits ~1-10, fp32 sums reordered
+
+
+@pytest.mark.parametrize("chunk", [8, 256])
+def test_prefill_in_trimmed_chunks_matches_hf_forward(chunk, monkeypatch):
+    # prompts of 7, 2, 4 and 5 tokens (left-padded to 7): with chunks of 8 tokens the rows run
+    # longest first as [7 cols] [5 cols] [4 cols: the 4- and 2-token rows], each chunk from its
+    # first real column; the cache starts as NaN, so a pad slot left stale would poison the step
+    monkeypatch.setattr(LlamaRunner, "PREFILL_TOKENS", chunk)
+    model = tiny_llama(tie=False, attention_bias=True)
+    ids, mask = left_pad(PROMPTS, pad_token_id=0)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    nxt = torch.tensor([3, 4, 5, 6])
+    with torch.no_grad():
+        r = LlamaRunner(model, 4, ids.shape[1] + 1, matmul="torch")
+        for kc, vc in zip(r.k_cache, r.v_cache):
+            kc.fill_(float("nan")), vc.fill_(float("nan"))
+        first = r.prefill(ids, mask, pos)
+        second = r.step(nxt, mask.long().sum(-1))
+        ref = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits[:, -1]
+        ids2, mask2 = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, torch.ones(4, 1, dtype=torch.bool)], 1)
+        ref2 = model(input_ids=ids2, attention_mask=mask2.long(),
+                     position_ids=(mask2.long().cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    assert (first - ref).abs().max() < 1e-4 and (second - ref2).abs().max() < 1e-4  # logits ~10, fp32

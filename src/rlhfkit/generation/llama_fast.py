@@ -160,33 +160,49 @@ class LlamaRunner:
             u = u if u[0] is None else (pack(u[0], rows), u[1])
         return n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
-                 quant: bool = False, row0: int = 0, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """ids, pos (B, S) -> last position's final hidden state (B, D); writes cache rows
-        row0..row0+B-1, slots n..n+S-1 (the caller then moves self.n on by S). quant: through
-        the int8 copies (self.quant). attn_mask (B, 1, S, n + S) bool for SDPA, or for S = 1
-        `bias`, grouped_decode_attention's additive mask, in its place."""
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor | None,
+                 quant: bool = False, rows: torch.Tensor | None = None, start: int = 0,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """ids, pos (B, S) -> last position's final hidden state (B, D).
+
+        A decode step (rows None): the first B cache rows get slot n (S = 1), and the attention
+        reads the cache, with `bias` (grouped_decode_attention's additive mask) or, if None,
+        attn_mask (B, 1, 1, n + 1) bool for SDPA; the caller then moves self.n on.
+        A prefill chunk (rows: which cache rows, of an empty cache): its keys and values fill
+        slots start..start+S-1 of those rows, and its attention (attn_mask (B, 1, S, S)) reads
+        them as computed. quant: through the int8 copies (self.quant)."""
         B, S = ids.shape
-        H, Hkv, hd, start = self.H, self.Hkv, self.hd, self.n
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        if rows is None:
+            start = self.n
         end = start + S
         x = F.embedding(ids, self.embed)
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (B, S, 1, hd)
         linear, layers = self.mm.linear, self.layers
         if quant:
             linear, layers = self.quant.linear, self.quant.layers
-        for (n1, e1, wqkv, bqkv, (wo, bo), n2, e2, (wg, bg), (wu, bu), (wd, bd), act), kc, vc \
-                in zip(layers, self.k_cache, self.v_cache):
-            kc, vc = kc[row0:row0 + B], vc[row0:row0 + B]  # a prefill fills its rows only
+        last = len(layers) - 1
+        for i, ((n1, e1, wqkv, bqkv, (wo, bo), n2, e2, (wg, bg), (wu, bu), (wd, bd), act), kc, vc) \
+                in enumerate(zip(layers, self.k_cache, self.v_cache)):
             qkv = linear(_rms_norm(x, n1, e1), wqkv, bqkv).view(B, S, H + 2 * Hkv, hd)
             qk = _rope(qkv[:, :, : H + Hkv], cos, sin)  # (B, S, heads, hd): RoPE acts per head
-            kc[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
-            vc[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
-            if bias is not None:  # one query per row (a decode step)
-                a = grouped_decode_attention(qk[:, 0, :H], kc[:, :, :end], vc[:, :, :end], bias)[:, None]
+            k, v = qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
+            if rows is None:
+                kc, vc = kc[:B], vc[:B]
+                kc[:, :, start:end], vc[:, :, start:end] = k, v
+                k, v = kc[:, :, :end], vc[:, :, :end]
             else:
-                a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
+                kc[rows, :, start:end], vc[rows, :, start:end] = k, v
+            if bias is not None:  # one query per row (a decode step)
+                a = grouped_decode_attention(qk[:, 0, :H], k, v, bias)[:, None]
+            else:
+                a = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k, v,
                                                    attn_mask=attn_mask, enable_gqa=H != Hkv)
                 a = a.transpose(1, 2).reshape(B, S, H * hd)
+            if i == last and S > 1:
+                # past the last layer's keys and values only the last position is read: its
+                # o_proj and MLP rows alone (~3% of a prefill; rows do not mix in a product)
+                a, x = a[:, -1:], x[:, -1:]
             x = x + linear(a, wo, bo)
             h = _rms_norm(x, n2, e2)
             g = linear(h, wg, bg)
@@ -210,13 +226,26 @@ class LlamaRunner:
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # pad queries may see themselves so no softmax row is empty (NaN would reach the cache)
         attn = (causal & mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
-        # in chunks of rows of ~PREFILL_TOKENS tokens: each chunk's activations (256 x 1536 fp32:
-        # 1.5 MB) stay in cache and in memory the allocator reuses, where a whole 64 x 32 batch's
-        # are 12.6 MB each, written to fresh pages (~7 ms of page faults per such tensor here).
+        # in chunks of ~PREFILL_TOKENS tokens: each chunk's activations (256 x 1536 fp32: 1.5 MB)
+        # stay in cache and in memory the allocator reuses, where a whole 64 x 32 batch's are
+        # 12.6 MB each, written to fresh pages (~7 ms of page faults per such tensor here). The
+        # rows go longest prompt first, and a chunk runs only the columns from its first real
+        # token on (the columns before are pads of all its rows): prompts of mixed lengths
+        # cost their own tokens, not the longest one's. Its rows' slots before that column are
+        # never attended to (masked) but are read, as 0 x value: zeros, never stale memory.
         # A row's numbers do not depend on the other rows of a product (matmul.py)
-        step = max(1, self.PREFILL_TOKENS // P)
-        h = torch.cat([self._forward(ids[r:r + step], pos[r:r + step], attn[r:r + step, None], row0=r)
-                       for r in range(0, U, step)])
+        first = torch.where(mask.any(-1), mask.long().argmax(-1), P - 1)  # each row's first real column
+        order = first.argsort(stable=True)
+        first = first[order].tolist()
+        h = torch.empty(U, self.embed.shape[1], device=ids.device, dtype=self.embed.dtype)
+        r = 0
+        while r < U:
+            c0 = first[r]  # the chunk's earliest first column: its longest row
+            take = order[r:r + max(1, self.PREFILL_TOKENS // (P - c0))]
+            for kc, vc in zip(self.k_cache, self.v_cache):
+                kc[take, :, :c0], vc[take, :, :c0] = 0.0, 0.0
+            h[take] = self._forward(ids[take, c0:], pos[take, c0:], attn[take, None, c0:, c0:], rows=take, start=c0)
+            r += len(take)
         self.n = P
         if rows is None:
             self.key_mask[:U, :P] = mask
