@@ -75,3 +75,39 @@ def test_prefill_in_trimmed_chunks_matches_hf_forward(chunk, monkeypatch):
         ref2 = model(input_ids=ids2, attention_mask=mask2.long(),
                      position_ids=(mask2.long().cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
     assert (first - ref).abs().max() < 1e-4 and (second - ref2).abs().max() < 1e-4  # logits ~10, fp32
+
+
+def _one_level_draw(z, generator):
+    # the plain inverse-CDF draw on one running sum over the whole row (the sampler before
+    # its two-level CDF), on the same uniform per row
+    cdf = (z - z.amax(-1, keepdim=True)).exp().cumsum(-1)
+    u = torch.rand(z.shape[0], 1, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=z.shape[1] - 1)
+
+
+def test_two_level_cdf_draw_is_the_one_level_draw():
+    from rlhfkit.generation.sampler import CDF_BLOCK, sample_next
+
+    V = 2 * CDF_BLOCK + 300  # three blocks, the last partial
+    z = torch.randn(500, V, generator=torch.Generator().manual_seed(0)) * 3
+    tok, lp = sample_next(z, 1.0, 1.0, 0, torch.Generator().manual_seed(1))
+    # the same uniforms pick the same tokens (a difference needs u within ~1e-7 of an edge)
+    assert torch.equal(tok, _one_level_draw(z, torch.Generator().manual_seed(1)))
+    assert torch.allclose(lp, z.log_softmax(-1).gather(-1, tok[:, None])[:, 0], atol=1e-5)
+
+
+def test_two_level_cdf_draw_frequencies_and_impossible_tokens():
+    from rlhfkit.generation.sampler import CDF_BLOCK, sample_next
+
+    # mass 0.4 on the last token of block 0, 0.1 on the first of block 1, 0.5 on the last of
+    # the (partial) last block; every other token impossible (-inf): never drawn
+    V = 2 * CDF_BLOCK + 5
+    row = torch.full((V,), float("-inf"))
+    row[CDF_BLOCK - 1], row[CDF_BLOCK], row[V - 1] = torch.tensor([0.4, 0.1, 0.5]).log()
+    tok, lp = sample_next(row.expand(20000, V).contiguous(), 1.0, 1.0, 0, torch.Generator().manual_seed(0))
+    counts = {t: int((tok == t).sum()) for t in (CDF_BLOCK - 1, CDF_BLOCK, V - 1)}
+    assert sum(counts.values()) == 20000
+    # binomial sd at n = 20000: <= 0.0035; 0.015 is over 4 sd
+    for t, p in zip(counts, (0.4, 0.1, 0.5)):
+        assert abs(counts[t] / 20000 - p) < 0.015
+    assert torch.allclose(lp, row[tok])  # log 0.4, log 0.1 or log 0.5
