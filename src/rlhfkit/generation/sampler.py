@@ -36,7 +36,14 @@ def _nucleus_draw(vals, idx, log_zr, top_p: float, generator) -> tuple[torch.Ten
 CDF_BLOCK = 1024  # vocabulary entries per block of _inverse_cdf_draw's two-level CDF
 
 
-def _inverse_cdf_draw(z: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def cdf_workspace(rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor:
+    """Scratch memory for sample_next's untruncated draw of up to `rows` rows, kept across a
+    call's steps: a fresh (64, 49152) fp32 buffer each step is 12.6 MB of new pages (the
+    allocator hands such sizes back to the system), ~5 ms of page faults a step here."""
+    return torch.empty(rows, -(-vocab // CDF_BLOCK) * CDF_BLOCK, device=like.device, dtype=like.dtype)
+
+
+def _inverse_cdf_draw(z: torch.Tensor, generator, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V) logits -> a token per row drawn from softmax(z), and log Z (B,): one uniform u
     per row (torch.multinomial draws V exponentials per row), the token the first whose
     cumulative mass passes u x Z. One exp(z - max) pass serves the normaliser (logsumexp's own
@@ -48,7 +55,7 @@ def _inverse_cdf_draw(z: torch.Tensor, generator) -> tuple[torch.Tensor, torch.T
     B, V = z.shape
     nb = -(-V // CDF_BLOCK)
     zmax = z.amax(-1, keepdim=True)
-    e = torch.empty(B, nb * CDF_BLOCK, device=z.device, dtype=z.dtype)
+    e = (cdf_workspace(B, V, z) if work is None else work)[:B]
     e[:, V:] = 0.0  # the last block's tail: no mass
     blocks = e.view(B, nb, CDF_BLOCK)
     torch.sub(z, zmax, out=e[:, :V]).exp_()
@@ -70,8 +77,9 @@ def _inverse_cdf_draw(z: torch.Tensor, generator) -> tuple[torch.Tensor, torch.T
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None, work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V) logits -> tokens (B,), logprobs (B,) under softmax(logits / temperature).
+    `work`: a cdf_workspace of at least B rows for the untruncated draw to reuse (None: its own).
 
     Truncation (top-k, then top-p on the renormalised top-k, as HF orders them) only
     changes which token is drawn, not the reported logprob. Top-p alone first tries each
@@ -84,7 +92,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
     z = logits / temperature if temperature != 1.0 else logits
     B, V = z.shape
     if top_k <= 0 and top_p >= 1.0:
-        tok, log_z = _inverse_cdf_draw(z, generator)
+        tok, log_z = _inverse_cdf_draw(z, generator, work)
         return tok, z.gather(-1, tok[:, None])[:, 0] - log_z
     log_z = z.logsumexp(-1)  # (B,)
     if top_k > 0:
@@ -182,8 +190,9 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
     # next call starts where this one left off (a call that starts under load has no quiet
     # baseline to see a jump from)
     tuner = Tuner.auto(min_s=0.25, state=_TUNED.get("state")) if tune else None
+    work = cdf_workspace(B, logits.shape[-1], logits) if top_k <= 0 and top_p >= 1.0 and temperature > 0 else None
     for t in range(max_new_tokens):
-        tok, lp = sample_next(logits, temperature, top_p, top_k, generator)
+        tok, lp = sample_next(logits, temperature, top_p, top_k, generator, work)
         done = finished[live]  # finished rows not dropped yet: pad fed back in, masked
         tok = torch.where(done, pad, tok)
         tokens[live, t] = tok
