@@ -111,3 +111,26 @@ def test_two_level_cdf_draw_frequencies_and_impossible_tokens():
     for t, p in zip(counts, (0.4, 0.1, 0.5)):
         assert abs(counts[t] / 20000 - p) < 0.015
     assert torch.allclose(lp, row[tok])  # log 0.4, log 0.1 or log 0.5
+
+
+def test_rope_is_hf_rotary_bitwise():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from rlhfkit.generation.llama_fast import _rope, signed_sin
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 5, 3, 8, generator=g), torch.randn(2, 5, 1, 8, generator=g)  # (B, S, heads, hd)
+    cos, sin = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+    assert torch.equal(_rope(q, cos[:, :, None], signed_sin(sin)[:, :, None]), ref_q)
+    assert torch.equal(_rope(k, cos[:, :, None], signed_sin(sin)[:, :, None]), ref_k)
+
+
+def test_sample_next_with_a_stale_workspace_is_the_same_draw():
+    from rlhfkit.generation.sampler import cdf_workspace, sample_next
+
+    z = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0))
+    work = cdf_workspace(8, 3000, z).fill_(float("nan"))  # more rows than drawn, stale contents
+    a = sample_next(z, 1.0, 1.0, 0, torch.Generator().manual_seed(2))
+    b = sample_next(z, 1.0, 1.0, 0, torch.Generator().manual_seed(2), work)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
