@@ -36,7 +36,8 @@ def test_grouped_decode_attention_is_sdpa_on_expanded_kv(heads, kv_heads):
     assert torch.equal(grouped_decode_attention(q, k, v2, bias.view(B * kv_heads, rep, L)), ours)
 
 
-def test_runner_steps_agree_with_each_decode_attention():
+def test_runner_steps_agree_with_each_decode_attention(monkeypatch):
+    monkeypatch.setattr(LlamaRunner, "GROUPED_MIN_ROWS", 1)  # grouped at 4 rows too
     model = tiny_llama()  # 4 query heads over 2 kv heads
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -134,3 +135,19 @@ def test_sample_next_with_a_stale_workspace_is_the_same_draw():
     a = sample_next(z, 1.0, 1.0, 0, torch.Generator().manual_seed(2))
     b = sample_next(z, 1.0, 1.0, 0, torch.Generator().manual_seed(2), work)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("matmul", ["torch", "onednn"])
+def test_greedy_with_grouped_decode_attention_matches_hf_generate(matmul, monkeypatch):
+    from rlhfkit.generation import generate, sampler
+
+    if matmul == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("needs oneDNN")
+    monkeypatch.setattr(LlamaRunner, "GROUPED_MIN_ROWS", 1)
+    monkeypatch.setattr(sampler, "MATMUL", matmul)
+    model = tiny_llama()
+    kw = {"max_new_tokens": 12, "temperature": 0.0, "pad_token_id": 0, "eos_token_ids": [7]}
+    ref = generate(model, PROMPTS, **kw, backend="hf")
+    ours = generate(model, PROMPTS, **kw)
+    assert ours.tokens.tolist() == ref.tokens.tolist() and ours.mask.tolist() == ref.mask.tolist()
+    assert torch.allclose(ours.logprobs, ref.logprobs, atol=1e-4)
