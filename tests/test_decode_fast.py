@@ -145,9 +145,11 @@ def test_greedy_with_grouped_decode_attention_matches_hf_generate(matmul, monkey
         pytest.skip("needs oneDNN")
     monkeypatch.setattr(LlamaRunner, "GROUPED_MIN_ROWS", 1)
     monkeypatch.setattr(sampler, "MATMUL", matmul)
+    monkeypatch.setattr(sampler, "COMPACT_AT", 0.95)  # row 2 ends at its 4th token (eos 7): 3 rows step on
     model = tiny_llama()
     kw = {"max_new_tokens": 12, "temperature": 0.0, "pad_token_id": 0, "eos_token_ids": [7]}
     ref = generate(model, PROMPTS, **kw, backend="hf")
     ours = generate(model, PROMPTS, **kw)
+    assert ref.finished.tolist() == [False, False, True, False]
     assert ours.tokens.tolist() == ref.tokens.tolist() and ours.mask.tolist() == ref.mask.tolist()
     assert torch.allclose(ours.logprobs, ref.logprobs, atol=1e-4)
