@@ -81,7 +81,8 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["torch", "hf"])
     p.add_argument("--matmuls", nargs="+", default=["auto"],
                    help="the torch backend's product paths to compare (generation/matmul.py MATMULS; "
-                        "auto: its own choice; before: the code before 2026-12-02, MKL and an unchunked prefill)")
+                        "auto: its own choice; sdpa: auto with SDPA as the decode steps' attention; "
+                        "before: that and MKL products, the prefill in one chunk)")
     p.add_argument("--peak-gflops", type=float, default=0.0,
                    help="fp32 peak for the roofline; 0: measure a 2048^2 matmul on the same threads in each round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
@@ -96,6 +97,14 @@ def main() -> None:
 
     from rlhfkit.generation import sampler
     from rlhfkit.generation.llama_fast import LlamaRunner
+
+    # earlier choices of the torch backend, as the settings that bring them back, for comparisons
+    # in the same process: "sdpa" decodes with SDPA's attention (the 2026-12-02 step), "before"
+    # also with MKL products and the prefill in one chunk (the 2026-12-01 runner); both keep
+    # today's sampler and prefill column trimming, which have no switch
+    sdpa = {(LlamaRunner, "DECODE_ATTENTION"): "sdpa"}
+    PAST = {"before": {**sdpa, (sampler, "MATMUL"): "mkl", (LlamaRunner, "PREFILL_TOKENS"): 1 << 30},
+            "sdpa": sdpa}
 
     load = os.getloadavg()[0]  # other processes on the machine skew every wall-clock figure
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f}; "
@@ -121,15 +130,16 @@ def main() -> None:
 
             def run(variant, n=args.new_tokens, model=model, prompts=prompts):
                 backend, mm = variant
-                sampler.MATMUL = {"auto": None, "-": None, "before": "mkl"}.get(mm, mm)
-                chunk = LlamaRunner.PREFILL_TOKENS
-                if mm == "before":
-                    LlamaRunner.PREFILL_TOKENS = 1 << 30
+                settings = PAST[mm] if mm in PAST else {(sampler, "MATMUL"): None if mm in ("auto", "-") else mm}
+                saved = {k: getattr(*k) for k in settings}
+                for (obj, attr), value in settings.items():
+                    setattr(obj, attr, value)
                 try:
                     return generate(model, prompts, max_new_tokens=n, temperature=1.0, eos_token_ids=(),
                                     pad_token_id=0, generator=torch.Generator().manual_seed(0), backend=backend)
                 finally:
-                    sampler.MATMUL, LlamaRunner.PREFILL_TOKENS = None, chunk
+                    for (obj, attr), value in saved.items():
+                        setattr(obj, attr, value)
 
             for v in variants:
                 run(v, 4)  # warm-up: allocator, thread pool, lazy imports
