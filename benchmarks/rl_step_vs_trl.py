@@ -122,7 +122,11 @@ def worker_rlhfkit(model: str, steps: int, threads: int, work: Path, defaults: b
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/step_s" in r]
     return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
-            "train_s": [r["time/train_s"] for r in rows], "threads": [r.get("time/threads") for r in rows]}
+            "train_s": [r["time/train_s"] for r in rows], "quantize_s": [r.get("time/quantize_s", 0.0) for r in rows],
+            "threads": [r.get("time/threads") for r in rows],
+            # the step's response tokens: sides sample different responses, and the training forwards
+            # run only the real tokens, so a side with longer responses trains longer
+            "tokens": [round(r["time/tokens_per_s"] * r["time/step_s"]) for r in rows]}
 
 
 # --------------------------------------------------------------------------- main
@@ -172,6 +176,10 @@ def main() -> None:
         r = results["rlhfkit"]
         print(f"rlhfkit split (median of steps 2..N): rollout {median(r['rollout_s'][1:]):.2f} s, "
               f"train {median(r['train_s'][1:]):.2f} s")
+    for side, r in results.items():
+        if "tokens" in r:
+            print(f"{side}: response tokens per step {r['tokens']}, re-quantisation s "
+                  f"{[round(x, 2) for x in r['quantize_s']]}")
     summary = {"model": what, "setting": SETTING, "threads": a.threads, "steps": a.steps, "defaults": a.defaults,
                "trl_gradient_checkpointing": a.trl_gradient_checkpointing, "results": results,
                "date": time.strftime("%Y-%m-%d")}
