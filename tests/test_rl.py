@@ -329,7 +329,7 @@ def test_packed_token_logits_equal_the_padded_forward(lora, attention):
 
     from rlhfkit.losses import token_logprobs
     from rlhfkit.models import add_lora, tiny_llama_config
-    from rlhfkit.rl.rollout import plain_response_logits, response_logprobs, response_targets, to_rows, token_logits
+    from rlhfkit.rl.rollout import plain_response_logits, response_logprobs, row_logprobs, token_logits
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, d_model=64, n_layers=2, n_heads=4))
@@ -349,7 +349,7 @@ def test_packed_token_logits_equal_the_padded_forward(lora, attention):
     for fn in ("packed", "plain"):
         model.zero_grad()
         if fn == "packed":
-            lp = to_rows(token_logprobs(token_logits(model, inp, 0.7), response_targets(inp)), m)
+            lp = row_logprobs(token_logits(model, inp, 0.7), inp)
         else:
             lp = torch.where(m, token_logprobs(plain_response_logits(model, inp, 0.7), inp["input_ids"][:, -7:]), 0.0)
         (lp * w).sum().backward()

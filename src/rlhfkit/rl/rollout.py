@@ -142,7 +142,7 @@ def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     impl = getattr(getattr(_inner(model), "config", None), "_attn_implementation", None)
     packing = pack(inputs) if impl in ("sdpa", "eager") else None
     if packing is None:
-        return _select(response_logits(model, inputs, temperature), mask)
+        return response_logits(model, inputs, temperature)[mask]
     scorer = frozen_scorer(model)
     if scorer is not None:
         logits = scorer.logits(packing)
@@ -155,7 +155,7 @@ def token_logits(model, inputs: dict, temperature: float) -> torch.Tensor:
     cache = output_kv_cache(pre)
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
-        return _select(response_logits(model, inputs, temperature), mask)
+        return response_logits(model, inputs, temperature)[mask]
     for layer in layers:  # (U, heads, Q, hd) -> (1, heads, U * Q, hd): slot u * Q + c is prompt u's column c
         layer.keys, layer.values = (x.transpose(0, 1).reshape(1, x.shape[1], U * Q, x.shape[3])
                                     for x in (layer.keys, layer.values))
@@ -198,13 +198,10 @@ def to_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
-def response_targets(inputs: dict) -> torch.Tensor:
-    """(M,) the response tokens `token_logits` predicts, in its order."""
-    return inputs["input_ids"][:, -inputs["T"]:][inputs["mask"]]
-
-
-def _select(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return logits[mask]
+def row_logprobs(logits: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """`token_logits`' (M, V) logits -> (n, T) log p(response token), 0 after a row's end."""
+    targets = inputs["input_ids"][:, -inputs["T"]:][inputs["mask"]]  # (M,) in token_logits' order
+    return to_rows(token_logprobs(logits, targets), inputs["mask"])
 
 
 def _inner(model):
@@ -220,8 +217,7 @@ def plain_response_logits(model, inputs: dict, temperature: float) -> torch.Tens
 
 def response_logprobs(model, inputs: dict, temperature: float) -> torch.Tensor:
     """(n, T) log p(response token) (trimmed to the rows' longest response; 0 after a row's end)."""
-    return to_rows(token_logprobs(token_logits(model, inputs, temperature), response_targets(inputs)),
-                   inputs["mask"])
+    return row_logprobs(token_logits(model, inputs, temperature), inputs)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -297,7 +293,7 @@ def collect(policy, ref, critic, tokenizer, records: list[dict], reward: Reward,
         sl, t = slice(int(part[0]), int(part[-1]) + 1), inp["T"]
         if old_logprobs:
             logits = token_logits(policy, inp, spec.temperature)  # (M, V): the response tokens only
-            old_lp[sl, :t] = to_rows(token_logprobs(logits, response_targets(inp)), inp["mask"])
+            old_lp[sl, :t] = row_logprobs(logits, inp)
             ent[sl, :t] = to_rows(entropy(logits), inp["mask"])
             del logits
         if ref is None:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import torch
 
 from rlhfkit import distributed
-from rlhfkit.losses import IS_CORRECTIONS, masked_mean, token_logprobs
+from rlhfkit.losses import IS_CORRECTIONS, masked_mean
 from rlhfkit.rl.config import UpdateSpec
-from rlhfkit.rl.rollout import Experience, entropy, rank_world, response_targets, stream_seed, to_rows, token_logits
+from rlhfkit.rl.rollout import Experience, entropy, rank_world, row_logprobs, stream_seed, token_logits
 
 
 def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -20,7 +20,7 @@ def own_logprobs(model, mb: dict, temperature: float) -> tuple[torch.Tensor, tor
     the metrics collect left out in that case (policy/entropy, rollout/logprob_gap)."""
     m = mb["mask"]
     logits = token_logits(model, mb, temperature)  # (M, V): the response tokens only
-    logprobs = to_rows(token_logprobs(logits, response_targets(mb)), m)
+    logprobs = row_logprobs(logits, mb)
     if mb.get("old_logprobs") is not None:
         return logprobs, mb["old_logprobs"], {}
     with torch.no_grad():
