@@ -1,7 +1,7 @@
-"""The reward stage's fast paths against the plain computation: the shared-prefix forward (a
-ranking's common tokens once, a KV cache shared by its K rows) gives the plain forward's scores,
-loss and gradients, with and without LoRA; micro-batches grouped by length cover each ranking once
-within the token budget."""
+"""The reward stage's fast paths against the plain computation: the packed forward (a ranking's
+common tokens once, its K rows' own tokens after them, the micro-batch's rankings in one unpadded
+sequence) gives the plain forward's scores, loss and gradients, with and without LoRA; the
+micro-batch plans cover each ranking once within the token budget."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _loss_and_grads(scorer, inputs: dict, lengths: list[int], loss: str):
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("loss", ["pairwise", "plackett_luce"])
-def test_shared_prefix_forward_equals_the_plain_forward(tiny_lm, loss, lora):
+def test_packed_forward_equals_the_plain_forward(tiny_lm, loss, lora):
     from rlhfkit.models import add_lora
     from rlhfkit.rewards.rm import collate_right
 
@@ -57,12 +57,13 @@ def test_shared_prefix_forward_equals_the_plain_forward(tiny_lm, loss, lora):
         model = add_lora(model, 4, 8, 0.0, task_type="SEQ_CLS", modules_to_save=["score"])
     model.train()
     scorer = reward.RankingScorer(model)
-    assert scorer.shared
+    assert scorer.packed
     rankings = _rankings(model.config.vocab_size, pad)
+    rankings.append([[7, 1, 2], [8, 1, 2, 9]])  # truncated at its start: shares nothing, still packs
     lens = reward.shared_prefix_lengths(rankings)
-    assert min(lens) > 0 and lens[-1] == len(rankings[1][0]) - 1  # the prefix response keeps its last token
+    assert lens[-1] == 0 and lens[-2] == len(rankings[1][0]) - 1  # the prefix response keeps its last token
     fast = reward.ranking_inputs(scorer, rankings, pad)
-    assert "prefix_ids" in fast
+    assert fast["packed_ids"].shape == (1, sum(reward.packed_tokens(r, p) for r, p in zip(rankings, lens)))
     ids, mask = collate_right([x for r in rankings for x in r], pad)
     lengths = [len(r) for r in rankings]
     s_fast, l_fast, g_fast = _loss_and_grads(scorer, fast, lengths, loss)
@@ -83,52 +84,74 @@ def test_shared_prefix_lengths_by_hand():
     assert reward.shared_prefix_lengths([[[7, 1], [8, 1]]]) == [0]
 
 
-def test_a_ranking_sharing_nothing_takes_the_plain_forward(tiny_lm):
-    """Left truncation can leave a ranking's rows with different first tokens: then the whole
-    micro-batch runs as plain padded rows (rows in ranking order)."""
+def test_collate_packed_by_hand():
+    """[[1, 2, 3], [1, 2, 4, 5]] share [1, 2]; [[6, 7], [6, 8]] share [6]: the sequence is
+    1 2 | 3 | 4 5 | 6 | 7 | 8 at slots 0..7."""
+    got = reward.collate_packed([[[1, 2, 3], [1, 2, 4, 5]], [[6, 7], [6, 8]]], [2, 1])
+    assert got["packed_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert got["packed_pos"].tolist() == [[0, 1, 2, 2, 3, 0, 1, 1]]  # each row counts from its own start
+    assert got["last"].tolist() == [2, 4, 6, 7]
+    assert [(q0, q1, k.tolist()) for q0, q1, k, _ in got["segments"]] == [
+        (0, 2, [0, 1]), (2, 3, [0, 1, 2]), (3, 5, [0, 1, 3, 4]), (5, 6, [5]), (6, 7, [5, 6]), (7, 8, [5, 7])]
+    assert got["segments"][2][3].tolist() == [[True, True, True, False], [True, True, True, True]]
+    see = got["see"].int().tolist()  # row q: the slots it attends to
+    assert see[4] == [1, 1, 0, 1, 1, 0, 0, 0]  # token 5 sees the prefix 1 2 and its row's 4, not row 1's 3
+    assert see[7] == [0, 0, 0, 0, 0, 1, 0, 1]
+    assert see[1] == [1, 1, 0, 0, 0, 0, 0, 0]
+
+
+def test_a_model_without_the_packed_forward_takes_plain_rows(tiny_lm):
+    """An architecture outside PACKED runs the plain padded rows, in ranking order."""
     model = reward.build_model(str(tiny_lm), 3)
     scorer = reward.RankingScorer(model)
+    scorer.packed = False
     inputs = reward.ranking_inputs(scorer, [[[5, 6, 7], [5, 6]], [[7, 1], [8, 1, 2]]], 3)
     assert inputs["input_ids"].tolist() == [[5, 6, 7], [5, 6, 3], [7, 1, 3], [8, 1, 2]]
 
 
-def test_collate_shared_by_hand():
-    got = reward.collate_shared([[[1, 2, 3], [1, 2, 4, 5]], [[6, 7], [6, 8], [6, 9]]], [2, 1], pad_id=0)
-    assert got["prefix_ids"].tolist() == [[1, 2], [0, 6]]  # left-padded, so every prefix ends at the cache's end
-    assert got["prefix_mask"].tolist() == [[True, True], [False, True]]
-    assert got["prefix_index"].tolist() == [0, 0, 1, 1, 1]
-    assert got["suffix_ids"].tolist() == [[3, 0], [4, 5], [7, 0], [8, 0], [9, 0]]
-    assert got["suffix_mask"].sum(1).tolist() == [1, 2, 1, 1, 1]
+def test_packed_micro_batches_are_the_fewest_within_the_budget():
+    """Packed costs: pair(p, n) is p + 2 x n tokens. Rankings of 110, 20, 110, 20 and 60 tokens
+    in passes of at most 130: first-fit decreasing puts 110 + 20 twice and 60 alone (3 passes,
+    the fewest: 320 tokens need at least 3)."""
+    def pair(p, first, n=5):
+        return [[first] * p + [1] * n, [first] * p + [2] * n]
+
+    rankings = [pair(100, 11), pair(10, 12), pair(100, 13), pair(10, 14), pair(50, 15)]
+    assert [reward.packed_tokens(r, p) for r, p in zip(rankings, reward.shared_prefix_lengths(rankings))] == \
+        [110, 20, 110, 20, 60]
+    assert reward.plan_micro_batches(rankings, 130) == [[0, 1], [2, 3], [4]]
+    assert reward.plan_micro_batches(rankings, 10**6) == [[0, 1, 2, 3, 4]]
+    assert reward.plan_micro_batches(rankings, 50) == [[0], [2], [4], [1, 3]]  # over the budget: alone
 
 
-def test_micro_batches_group_by_length_within_the_budget():
-    """Two short pairs (prefix 10, answers 5) and two long ones (prefix 100, answers 5), a pass
-    costing 64 tokens of overhead: all four in one pass cost 4 x 100 + 8 x 5 + 64 = 504 padded
-    tokens, each alone 4 x 64 + 2 x (10 + 10) + 2 x (100 + 10) = 516, short and long apart
-    (2 x 10 + 4 x 5 + 64) + (2 x 100 + 4 x 5 + 64) = 388: the plan."""
+def test_plain_micro_batches_group_by_length_within_the_budget():
+    """The plain forward pays rows x the longest row: two short pairs (15 tokens a row) and two
+    long ones (105), a pass costing 64 tokens of overhead: all four in one pass cost 8 x 105 + 64
+    = 904 padded tokens, each alone 4 x 64 + 2 x 2 x 15 + 2 x 2 x 105 = 736, short and long apart
+    (4 x 15 + 64) + (4 x 105 + 64) = 608: the plan."""
     def pair(p, first):
         return [[first] * p + [1, 2, 3, 4, 5], [first] * p + [6, 7, 8, 9, 10]]
 
     rankings = [pair(100, 11), pair(10, 12), pair(100, 13), pair(10, 14)]
-    assert reward.plan_micro_batches(rankings, 10**6, overhead=64) == [[1, 3], [0, 2]]
-    # a budget of 100 padded tokens: the short pair fits (40), the long ones (220) run alone
-    assert reward.plan_micro_batches(rankings, 100, overhead=64) == [[1, 3], [0], [2]]
-    # no overhead: no padding is worth computing: 2 x (10 + 2 x 5) + 2 x (100 + 2 x 5) = 260 real tokens
-    assert sum(_padded(rankings, g) for g in reward.plan_micro_batches(rankings, 10**6, overhead=0)) == 260
+    assert reward.plan_micro_batches(rankings, 10**6, packed=False, overhead=64) == [[1, 3], [0, 2]]
+    # a budget of 100 padded tokens: the short pairs fit (60), the long ones (210 each) run alone
+    assert reward.plan_micro_batches(rankings, 100, packed=False, overhead=64) == [[1, 3], [0], [2]]
     r = random.Random(1)
     many = [[[9] * r.randint(1, 60) + [r.randint(0, 8)] * r.randint(1, 20) for _ in range(r.choice([2, 3]))]
             for _ in range(40)]
-    plan = reward.plan_micro_batches(many, 300)
-    assert sorted(i for g in plan for i in g) == list(range(40))  # every ranking once
-    assert all(len(g) == 1 or _padded(many, g) <= 300 for g in plan)
-    assert 1 < len(plan) < 40
+    for packed in (True, False):
+        plan = reward.plan_micro_batches(many, 300, packed=packed)
+        assert sorted(i for g in plan for i in g) == list(range(40))  # every ranking once
+        assert all(len(g) == 1 or _cost(many, g, packed) <= 300 for g in plan)
+        assert 1 < len(plan) < 40
 
 
-def _padded(rankings, group) -> int:
-    """A pass's padded tokens: n x its longest shared prefix + rows x its longest own part."""
-    lens = reward.shared_prefix_lengths([rankings[i] for i in group])
-    suffix = max(max(len(x) for x in rankings[i]) - p for i, p in zip(group, lens))
-    return len(group) * max(lens) + sum(len(rankings[i]) for i in group) * suffix
+def _cost(rankings, group, packed) -> int:
+    """A pass's tokens: packed, the rankings' real tokens with prefixes once; plain, rows x the longest row."""
+    part = [rankings[i] for i in group]
+    if packed:
+        return sum(reward.packed_tokens(r, p) for r, p in zip(part, reward.shared_prefix_lengths(part)))
+    return sum(len(r) for r in part) * max(len(x) for r in part for x in r)
 
 
 def test_two_processes_match_one_with_planned_micro_batches(tiny_lm, tmp_path):

@@ -10,12 +10,13 @@ score head on the last non-pad token). `data` is a run dir (its feedback.db; or 
 any preference file `rlhfkit feedback import` reads (rlhfkit, HH, TRL, OASST). The RM reads
 the prompt's messages plus the response as the assistant turn, through the chat template.
 
-A batch is whole rankings: all K responses of a ranking go through one forward pass, the
-tokens they share (the prompt, and any common start of the responses) run once with a KV cache
-that the K continuations attend to (`RankingScorer`), and the score head reads each sequence's
-last hidden state (no LM head). With `micro_batch_size = 0` the step's rankings are sorted by
-length and grouped into forward passes of at most `micro_batch_tokens` padded tokens, so little
-padding is computed (`plan_micro_batches`). `loss` picks how the order is scored (`rlhfkit.losses.RM_LOSSES`): "ranking" (InstructGPT:
+A batch is whole rankings, packed: the tokens a ranking's K responses share (the prompt, and any
+common start of the responses) run once, each response's own tokens once, the micro-batch's
+rankings side by side in one sequence with no padding, attention keeping each response to its
+prompt and itself (`RankingScorer`); the score head reads each response's last hidden state (no
+LM head). With `micro_batch_size = 0` the step's rankings are grouped into the fewest forward
+passes of at most `micro_batch_tokens` tokens (`plan_micro_batches`).
+`loss` picks how the order is scored (`rlhfkit.losses.RM_LOSSES`): "ranking" (InstructGPT:
 all K(K-1)/2 pairs, each ranking weighs the same), "pairwise" (every pair weighs the same),
 "plackett_luce" (the likelihood of the whole order). Ties carry no order and are skipped;
 rankings marked all_bad keep their order (the person still said which was less bad) unless
@@ -73,9 +74,9 @@ class Config:
     epochs: float = key(1.0, "passes over the rankings when max_steps is 0")
     batch_size: int = key(16, "rankings per optimizer step, summed over all processes")
     micro_batch_size: int = key(0, "rankings per forward pass (all K responses of each), the rest accumulates; "
-                                   "0: grouped by length under micro_batch_tokens")
-    micro_batch_tokens: int = key(4096, "with micro_batch_size = 0, padded tokens per forward pass (shared prefixes "
-                                        "counted once)")
+                                   "0: grouped under micro_batch_tokens")
+    micro_batch_tokens: int = key(4096, "with micro_batch_size = 0, tokens per forward pass (shared prefixes "
+                                        "counted once; padded ones for models without the packed forward)")
     learning_rate: float = key(1e-4, "peak learning rate (AdamW)")
     min_lr_ratio: float = key(0.1, "the cosine decay ends at this fraction of the peak")
     warmup_steps: int = key(5, "linear warmup steps")
@@ -149,12 +150,12 @@ def build_model(spec: str, pad_id: int):
 
 
 # causal LMs whose ...ForSequenceClassification is body -> last_hidden_state -> score(hidden) read at
-# the last non-pad token: the ones the shared-prefix forward reproduces exactly
-SHARED_PREFIX = {"LlamaForSequenceClassification", "MistralForSequenceClassification",
-                 "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification"}
-# a forward + backward's fixed cost in padded tokens, when planning micro-batches: SmolLM2-135M at
-# 1 thread ran 1 x 128 and 8 x 128 tokens at about the same tokens/s (~0.15 s apart), so splitting
-# a batch costs little and computing padding costs a lot
+# the last non-pad token: the ones the packed forward reproduces exactly
+PACKED = {"LlamaForSequenceClassification", "MistralForSequenceClassification",
+          "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification"}
+# the plain (padded) forward's fixed cost of a pass in padded tokens, when planning its micro-batches:
+# SmolLM2-135M at 1 thread ran 1 x 128 and 8 x 128 tokens at about the same tokens/s (~0.15 s
+# apart), so splitting a batch costs little and computing padding costs a lot
 PASS_OVERHEAD_TOKENS = 64
 
 
@@ -171,96 +172,120 @@ def shared_prefix_lengths(rankings: list[list[list[int]]]) -> list[int]:
     return out
 
 
-def collate_shared(rankings: list[list[list[int]]], prefix_lens: list[int], pad_id: int) -> dict:
-    """n rankings (R sequences in all) -> RankingScorer's inputs: prefix_ids, prefix_mask (n, P)
-    left-padded shared prefixes; prefix_index (R,) each sequence's prefix; suffix_ids, suffix_mask
-    (R, S) the rest of each sequence, right-padded; rows in ranking order."""
-    P = max(prefix_lens)
-    prefix_ids = torch.full((len(rankings), P), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(rankings), P), dtype=torch.bool)
-    suffixes, index = [], []
-    for i, (seqs, p) in enumerate(zip(rankings, prefix_lens)):
-        prefix_ids[i, P - p:], prefix_mask[i, P - p:] = torch.tensor(seqs[0][:p], dtype=torch.long), True
-        suffixes += [x[p:] for x in seqs]
-        index += [i] * len(seqs)
-    S = max(len(x) for x in suffixes)
-    suffix_ids = torch.full((len(suffixes), S), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((len(suffixes), S), dtype=torch.bool)
-    for i, x in enumerate(suffixes):
-        suffix_ids[i, :len(x)], suffix_mask[i, :len(x)] = torch.tensor(x, dtype=torch.long), True
-    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "prefix_index": torch.tensor(index),
-            "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
+def packed_tokens(ranking: list[list[int]], prefix_len: int) -> int:
+    """The tokens a ranking puts in a packed pass: its shared prefix once, then each row's own."""
+    return prefix_len + sum(len(x) - prefix_len for x in ranking)
+
+
+def collate_packed(rankings: list[list[list[int]]], prefix_lens: list[int]) -> dict:
+    """n rankings (R sequences in all) -> RankingScorer's packed inputs, one sequence of M real tokens
+    laid out ranking by ranking as [shared prefix | row 1's own tokens | ... | row K's]:
+    packed_ids, packed_pos (1, M), positions counting from each row's start as in its own forward;
+    segments [(q0, q1, keys (K,), mask (q1 - q0, K))] for `llama_fast.rows_attention`: the prefix
+    attends causally to itself, a row to its ranking's whole prefix and causally to itself;
+    see (M, M) bool, the same attention as one block mask; last (R,) each row's last position,
+    rows in ranking order."""
+    ids, pos, segments, last, start = [], [], [], [], 0
+    for seqs, p in zip(rankings, prefix_lens):
+        prefix_keys = torch.arange(start, start + p)
+        if p:
+            ids += seqs[0][:p]
+            pos += range(p)
+            segments.append((start, start + p, prefix_keys, torch.ones(p, p, dtype=torch.bool).tril()))
+            start += p
+        for x in seqs:
+            n = len(x) - p
+            ids += x[p:]
+            pos += range(p, p + n)
+            keys = torch.cat([prefix_keys, torch.arange(start, start + n)])
+            segments.append((start, start + n, keys, torch.ones(n, p + n, dtype=torch.bool).tril(p)))
+            last.append(start + n - 1)
+            start += n
+    see = torch.zeros((start, start), dtype=torch.bool)
+    for q0, q1, keys, mask in segments:
+        see[q0:q1, keys] = mask
+    return {"packed_ids": torch.tensor([ids]), "packed_pos": torch.tensor([pos]), "segments": segments,
+            "see": see, "last": torch.tensor(last)}
 
 
 class RankingScorer(torch.nn.Module):
-    """forward(**collate_shared(...)) -> (R,) scores; forward(input_ids, attention_mask) -> the plain ones.
+    """forward(**collate_packed(...)) -> (R,) scores; forward(input_ids, attention_mask) -> the plain ones.
 
-    A ranking's K sequences share the prompt (HH-RLHF: ~100 of ~135 tokens), so the shared prefix
-    runs once, its KV cache is copied to the K rows (`batch_select_indices`, differentiable: the
-    gradient through the shared K/V sums over the rows, as the duplicated forward's would) and
-    each row runs only its own tokens; the score head reads the last real position of each row.
-    The math is the model's own forward over the full rows (tests compare scores and gradients);
-    architectures outside SHARED_PREFIX take that plain forward. A module, so DDP can wrap it.
+    A ranking's K sequences share the prompt (HH-RLHF: ~100 of ~135 tokens) and the rows of a
+    micro-batch differ in length, so the packed forward runs each ranking's shared prefix once and
+    each row's own tokens once, all rankings of the micro-batch in one sequence with no padding
+    (every matmul at M rows: on 2 threads the large products run near the machine's peak, where
+    several padded passes of fewer rows ran at half of it). Attention goes segment by segment
+    (`rl.packed.segment_attention`): a row sees its ranking's prefix and its own earlier tokens.
+    The gradient through a shared prefix sums over the K rows that read it, as the duplicated
+    forward's would; the score head reads each row's last position. The math is the model's own
+    forward over the full rows (tests compare scores and gradients); architectures outside PACKED
+    take that plain forward. A module, so DDP can wrap it.
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft, LoRA is inside
-        self.shared = type(base).__name__ in SHARED_PREFIX
+        self.packed = type(base).__name__ in PACKED
         self.decoder = getattr(base, base.base_model_prefix)
         self.head = base.score  # peft: the trained copy (modules_to_save) is what this wrapper calls
 
-    def forward(self, input_ids=None, attention_mask=None, prefix_ids=None, prefix_mask=None, prefix_index=None,
-                suffix_ids=None, suffix_mask=None) -> torch.Tensor:
+    def forward(self, input_ids=None, attention_mask=None, packed_ids=None, packed_pos=None, segments=None,
+                see=None, last=None) -> torch.Tensor:
         if input_ids is not None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        from rlhfkit.models import kv_cache_kwargs, output_kv_cache
+        from rlhfkit.rl.packed import segment_attention
 
-        ppos = (prefix_mask.long().cumsum(1) - 1).clamp(min=0)  # positions count real tokens only
-        pre = self.decoder(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=ppos, use_cache=True)
-        cache = output_kv_cache(pre)
-        cache.batch_select_indices(prefix_index)  # (n, ..) -> (R, ..)
-        spos = prefix_mask.sum(1)[prefix_index, None] + torch.arange(suffix_ids.shape[1])
-        out = self.decoder(input_ids=suffix_ids, position_ids=spos, **kv_cache_kwargs(self.decoder, cache),
-                           attention_mask=torch.cat([prefix_mask[prefix_index], suffix_mask], 1), use_cache=True)
-        last = out.last_hidden_state[torch.arange(len(suffix_ids)), suffix_mask.sum(1) - 1]  # (R, H)
-        return self.head(last)[:, 0].float()
+        with segment_attention(self.decoder.config, segments):
+            out = self.decoder(input_ids=packed_ids, position_ids=packed_pos, attention_mask=see[None, None],
+                               use_cache=False)
+        return self.head(out.last_hidden_state[0, last])[:, 0].float()  # (R, H) -> (R,)
 
 
 def ranking_inputs(scorer: RankingScorer, rankings: list[list[list[int]]], pad_id: int) -> dict:
-    """The forward's inputs for these rankings: shared prefixes where the model and every ranking
-    allow (a ranking truncated at its start may share nothing), else the plain padded rows."""
+    """The forward's inputs for these rankings: packed where the model allows, else plain padded rows."""
     from rlhfkit.rewards.rm import collate_right
 
-    lens = shared_prefix_lengths(rankings)
-    if scorer.shared and min(lens) > 0:
-        return collate_shared(rankings, lens, pad_id)
+    if scorer.packed:
+        return collate_packed(rankings, shared_prefix_lengths(rankings))
     input_ids, mask = collate_right([x for r in rankings for x in r], pad_id)
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def plan_micro_batches(rankings: list[list[list[int]]], budget: int, overhead: int = PASS_OVERHEAD_TOKENS
-                       ) -> list[list[int]]:
-    """-> groups of ranking indices, one forward pass each, that cover every ranking once.
+def plan_micro_batches(rankings: list[list[list[int]]], budget: int, packed: bool = True,
+                       overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """-> groups of ranking indices, one forward pass each, that cover every ranking once; a pass
+    holds at most `budget` tokens unless it is one ranking. Which rankings share a pass never
+    changes the gradient (each ranking's loss is its own), only float summation order.
 
-    Cost of a pass: its padded tokens (n x longest prefix + rows x longest suffix, prefixes counted
-    once) plus `overhead`; a pass holds at most `budget` padded tokens unless it is one ranking.
-    The rankings are sorted by (prefix, suffix) length and cut into the contiguous groups of least
-    total cost (dynamic programming over the cut points, O(n^2)). Which rankings share a pass never
-    changes the gradient (each ranking's loss is its own), only float summation order."""
-    lens = shared_prefix_lengths(rankings)
-    suf = [max(len(x) for x in r) - p for r, p in zip(rankings, lens)]
-    order = sorted(range(len(rankings)), key=lambda i: (lens[i], suf[i], i))
+    Packed (no padding): a pass costs its real tokens, prefixes once (`packed_tokens`), so the
+    plan is the fewest passes: first-fit decreasing (the largest ranking first, each into the
+    first pass with room). Plain: a pass costs rows x its longest sequence plus `overhead`; the
+    rankings are sorted by length and cut into the contiguous groups of least total cost
+    (dynamic programming over the cut points, O(n^2))."""
+    if packed:
+        cost = [packed_tokens(r, p) for r, p in zip(rankings, shared_prefix_lengths(rankings))]
+        groups: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(rankings)), key=lambda i: (-cost[i], i)):
+            g = next((g for g in range(len(groups)) if room[g] >= cost[i]), None)
+            if g is None:
+                groups.append([]), room.append(budget)
+                g = len(groups) - 1
+            groups[g].append(i)
+            room[g] -= cost[i]
+        return [sorted(g) for g in groups]
+    longest = [max(len(x) for x in r) for r in rankings]
+    order = sorted(range(len(rankings)), key=lambda i: (longest[i], i))
     best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
-        p = s = rows = 0
-        for i in range(j - 1, -1, -1):  # the group order[i:j], grown leftwards
-            k = order[i]
-            p, s, rows = max(p, lens[k]), max(s, suf[k]), rows + len(rankings[k])
-            padded = (j - i) * p + rows * s
+        rows = 0
+        for i in range(j - 1, -1, -1):  # the group order[i:j], grown leftwards; its longest is order[j - 1]'s
+            rows += len(rankings[order[i]])
+            padded = rows * longest[order[j - 1]]
             if padded > budget and i < j - 1:
-                break  # p is fixed (sorted by prefix), rows and s only grow: larger groups pad more
+                break  # larger groups only pad more
             if best[i] + padded + overhead < best[j]:
                 best[j], cut[j] = best[i] + padded + overhead, i
     groups, j = [], len(order)
@@ -401,7 +426,7 @@ def run(cfg: Config) -> None:
             if cfg.micro_batch_size:
                 passes = [range(i, i + cfg.micro_batch_size) for i in range(0, per_rank, cfg.micro_batch_size)]
             else:
-                passes = plan_micro_batches(local, cfg.micro_batch_tokens)
+                passes = plan_micro_batches(local, cfg.micro_batch_tokens, packed=scorer.packed)
             mbs = []
             for g in passes:
                 part = [local[i] for i in g]
