@@ -25,10 +25,10 @@ per-step losses must agree; the parent prints the largest difference.
 
 What differs is how each computes the same loss. TRL puts the 16 chosen and rejected rows,
 right-padded to the longest, through one forward. rlhfkit (its defaults: micro_batch_size 0 and
-micro_batch_tokens 4096, the shared-prefix forward, fused AdamW) runs each pair's shared tokens
-(the dialogue so far, and any common start of the two answers) once and only the two
-continuations per row, with little padding: the step's pairs are sorted by length and grouped into
-forward passes (`rlhfkit.stages.reward.plan_micro_batches`).
+micro_batch_tokens 4096, the packed forward, fused AdamW) runs each pair's shared tokens (the
+dialogue so far, and any common start of the two answers) once and each answer's own tokens once,
+the step's pairs side by side in one unpadded sequence (`rlhfkit.stages.reward.collate_packed`;
+passes of at most micro_batch_tokens, `plan_micro_batches`).
 
 Each side runs in its own process (peak resident memory from wait4). A step's time is the wall time
 of one optimizer step (TRL: on_step_begin -> on_step_end callbacks, which leave out its dataloader's
