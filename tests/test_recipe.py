@@ -407,7 +407,7 @@ def test_demo_cli_takes_labeler_and_seed_and_only_rlhf_steps_use_them():
     assert r.returncode == 2 and "cannot import module" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
-def test_the_smollm2_recipe_names_only_keys_its_stages_have():
+def test_the_smollm2_recipe_names_only_keys_its_stages_have(tmp_path, monkeypatch):
     # the real-model recipe runs for most of an hour: a misspelt key must fail here, not 20 minutes in
     import importlib
     import tomllib
@@ -421,8 +421,10 @@ def test_the_smollm2_recipe_names_only_keys_its_stages_have():
 
     packaged = Path(str(files("rlhfkit") / "recipes" / "smollm2-pelican-jokes.toml"))
     assert packaged.read_text() == (Path(__file__).parent.parent / "recipes" / "smollm2-pelican-jokes.toml").read_text()
+    monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path))  # where `rlhfkit models pull` put the model
     run, _, steps, env, eta = load_recipe(packaged, None, [])
     assert run == "runs/smollm2-pelican-jokes" and env["labeler"] == "rlhfkit.rewards.gold:joke"
+    assert env["models"] == str(tmp_path / "models")
     assert set(eta) == set(steps)  # every step has an estimate
     assert list(steps)[-1] == "report" and steps["eval_jokes"]["after"] == ["ppo", "dpo"]
     configs = {}
@@ -439,4 +441,5 @@ def test_the_smollm2_recipe_names_only_keys_its_stages_have():
     fill = config_from_dict(FillConfig, {}, "[feedback]", sets=sets)
     assert (fill.k, fill.max_prompts) == (4, 64)
     assert all(configs[n].lora for n in ("reward", "ppo", "dpo"))
+    assert {configs[n].model for n in ("reward", "ppo", "dpo")} == {str(tmp_path / "models" / "smollm2-135m-instruct")}
     assert check_sizes(configs["ppo"], 1) == 16  # 8 prompts x 2 samples, split in 2 minibatches

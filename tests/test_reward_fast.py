@@ -178,3 +178,36 @@ def test_two_processes_match_one_with_planned_micro_batches(tiny_lm, tmp_path):
     for a, b in zip(one, two):
         for k in ("train/loss", "train/accuracy", "train/grad_norm"):
             assert abs(a[k] - b[k]) < 1e-5, (a["step"], k, a[k], b[k])
+
+
+def test_two_threads_packed_scoring_at_once_each_get_their_own_scores(tiny_lm):
+    """The segments a packed forward attends with are per thread: two reward models scoring
+    packed rankings at the same time in two threads each get their own plain-forward scores."""
+    import threading
+
+    from rlhfkit.rewards.rm import collate_right
+
+    pad, scorers, expected, got = 3, [], [], [None, None]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        scorers.append(reward.RankingScorer(reward.build_model(str(tiny_lm), pad).eval()))
+    rankings = [_rankings(scorers[0].model.config.vocab_size, pad, seed) for seed in (0, 1)]
+    with torch.no_grad():
+        for scorer, rk in zip(scorers, rankings):
+            ids, mask = collate_right([x for r in rk for x in r], pad)
+            expected.append(scorer(input_ids=ids, attention_mask=mask))
+    start = threading.Barrier(2)
+
+    def run(i):
+        inputs = reward.ranking_inputs(scorers[i], rankings[i], pad)
+        start.wait()
+        with torch.no_grad():
+            got[i] = torch.stack([scorers[i](**inputs) for _ in range(20)])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        torch.testing.assert_close(got[i], expected[i].expand_as(got[i]), atol=1e-6, rtol=1e-5)

@@ -8,8 +8,9 @@
 
 A recipe is TOML. `[recipe]` holds `run` (the run directory; `{run}` in any string below is
 replaced by it), a `description`, and the defaults of `labeler` and `seed` (`{labeler}` and
-`{seed}` below; `--labeler` and `--seed` override them). Every other table is a step, run in
-file order:
+`{seed}` below; `--labeler` and `--seed` override them); `{models}` is where `rlhfkit models pull`
+puts models (RLHFKIT_HOME/models, by default ~/.cache/rlhfkit/models). Every other table is a
+step, run in file order:
 
     [pretrain]              # the step's name; `stage` defaults to it
     out = "{run}/base"      # config stages take their keys here, exactly as in --config files
@@ -68,6 +69,12 @@ STEP_KEYS = ("stage", "args", "always", "clean", "after", "inputs")
 DEFAULT_VARS = {"labeler": "rlhfkit.rewards.gold:joke", "seed": 0}
 
 
+def models_home() -> Path:
+    from rlhfkit.models import home
+
+    return home() / "models"
+
+
 def _substitute(value: Any, env: dict[str, str]) -> Any:
     if isinstance(value, str):
         for name, v in env.items():
@@ -104,7 +111,7 @@ def _file_stamps(value: Any) -> list:
 
 def load_recipe(path: Path, run: str | None, sets: list[str], overrides: dict | None = None
                 ) -> tuple[str, str, dict[str, dict], dict[str, str], dict[str, float]]:
-    """-> (run dir, description, steps, the substitutions {run} {labeler} {seed}, typical seconds per step)."""
+    """-> (run dir, description, steps, the substitutions {run} {labeler} {seed} {models}, typical seconds per step)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,6 +125,7 @@ def load_recipe(path: Path, run: str | None, sets: list[str], overrides: dict | 
     env = {name: str(v) for name, v in {**DEFAULT_VARS, **{k: head[k] for k in DEFAULT_VARS if k in head},
                                         **{k: v for k, v in (overrides or {}).items() if v is not None}}.items()}
     env["run"] = run
+    env["models"] = str(models_home())
     steps = {name: dict(table) for name, table in data.items() if isinstance(table, dict)}
     if not steps:
         raise UserError(f"{path}: no steps (each [table] is a step)")

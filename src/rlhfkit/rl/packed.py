@@ -4,6 +4,7 @@ path) run instead of the padded batch, and the attention that keeps each packed 
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -56,14 +57,20 @@ def pack(inputs: dict) -> Packing | None:
                    torch.cat([see_prompt, see_row], 1), segments)
 
 
-_NOW: dict = {"segments": None}
+_NOW = threading.local()  # .segments: the running forward's, per thread (a server may score on several)
 
 
 def _hf_segment_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **_):
-    """transformers' attention-function signature over `_NOW["segments"]` (batch 1)."""
+    """transformers' attention-function signature over this thread's segments (batch 1); a
+    model that runs it outside `segment_attention` gets the block mask it was given."""
     from rlhfkit.generation.llama_fast import rows_attention
 
-    out = rows_attention(query, key, value, _NOW["segments"], scaling, dropout if module.training else 0.0)
+    segments = getattr(_NOW, "segments", None)
+    if segments is None:  # another thread switched the shared config: its mask is the same math
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+    out = rows_attention(query, key, value, segments, scaling, dropout if module.training else 0.0)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -71,14 +78,16 @@ def _hf_segment_attention(module, query, key, value, attention_mask, dropout=0.0
 def segment_attention(config, segments: list):
     """Within it, the model whose `config` this is attends through `rows_attention` on
     `segments` (registered with transformers as "rlhfkit_segments"); its own attention after.
-    A forward that recomputes later (activation checkpointing) runs its own attention then,
-    on the block mask it was given: the same numbers."""
+    The segments are this thread's; the config is the model's, so two threads running the same
+    model at once must not both enter (the training loops do not). A forward that recomputes
+    later (activation checkpointing) runs its own attention then, on the block mask it was
+    given: the same numbers."""
     from transformers import AttentionInterface
 
     AttentionInterface.register("rlhfkit_segments", _hf_segment_attention)
-    before = config._attn_implementation
-    config._attn_implementation, _NOW["segments"] = "rlhfkit_segments", segments
+    before, outer = config._attn_implementation, getattr(_NOW, "segments", None)
+    config._attn_implementation, _NOW.segments = "rlhfkit_segments", segments
     try:
         yield
     finally:
-        config._attn_implementation, _NOW["segments"] = before, None
+        config._attn_implementation, _NOW.segments = before, outer
