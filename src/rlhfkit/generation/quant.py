@@ -40,38 +40,95 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.generation.llama_fast import Unsupported, _linear, layer_weights
+from rlhfkit.generation.llama_fast import Unsupported, _linear
 
 
-def _pack(w: torch.Tensor, b: torch.Tensor | None, buf: torch.Tensor | None):
-    """fp32 (N, K) weight (and bias) -> (fbgemm packed int8 weight, the int8 buffer it was
-    rounded into, to be reused next time). Symmetric per output channel: scale_n = max_k
-    |w_nk| / 127, q = round(w / scale) in [-127, 127]."""
+def _round_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, scratch: torch.Tensor) -> None:
+    """fp32 (n, K) w -> q (n, K) int8 and scale (n,) fp32, in place: symmetric per output channel,
+    scale_n = max_k |w_nk| / 127, q = round(w / scale) in [-127, 127] (ties to even). `scratch`:
+    a reused fp32 buffer of at least n * K elements (a fresh one would cost page faults)."""
     w = w.detach()
-    scale = w.abs().amax(1).clamp_(min=1e-12).div_(127.0)
-    if buf is None or buf.shape != w.shape:
-        buf = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    buf.copy_(torch.div(w, scale[:, None]).round_())  # |w / scale| <= 127 by construction
-    zeros = torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
-    qw = torch._make_per_channel_quantized_tensor(buf, scale.double(), zeros, 0)
-    return torch.ops.quantized.linear_prepack(qw, None if b is None else b.detach().float()), buf
+    torch.linalg.vector_norm(w, float("inf"), dim=1, out=scale)  # max |w_n.|, one pass, no |w| copy
+    scale.clamp_(min=1e-12).div_(127.0)
+    t = scratch[: w.numel()].view(w.shape)
+    torch.div(w, scale[:, None], out=t)
+    q.copy_(t.round_())  # |w / scale| <= 127 by construction: the cast is exact
 
 
-def int8_linear(x: torch.Tensor, packed, bias=None) -> torch.Tensor:
-    """(..., K) fp32 -> (..., N): fbgemm's dynamic int8 linear (bias is inside `packed`; the
-    argument keeps F.linear's signature for the runner)."""
-    return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, False)
+class Int8Matrix:
+    """An int8 weight as `int8_linear` reads it: q (N, K) int8, scale (N,) fp32 (w ~ q * scale),
+    colsum (N,) int32 = sum_k q_nk, bias (N,) fp32 or None."""
+
+    __slots__ = ("q", "scale", "colsum", "bias")
+
+    def __init__(self, q, scale, bias):
+        self.q, self.scale, self.bias = q, scale, bias
+        self.colsum = q.sum(1, dtype=torch.int32)
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+
+def int8_linear(x: torch.Tensor, w: Int8Matrix, bias=None) -> torch.Tensor:
+    """(..., K) fp32 -> (..., N): x quantised per tensor to uint8 as fbgemm's dynamic linear does it
+    (asymmetric over [min(x, 0), max(x, 0)], its ChooseQuantizationParams), times the int8 weight in
+    exact int32 arithmetic, rescaled to fp32 (bias is inside `w`; the argument keeps F.linear's
+    signature for the runner). torch._int_mm multiplies int8 by int8, so x goes in as xq - 128
+    (quantize_per_tensor to qint8 with zero point zp - 128 gives exactly that) and the shift comes
+    back through the weight's column sums: sum_k (xq_k - zp) q_nk = sum_k (xq_k - 128) q_nk +
+    (128 - zp) colsum_n."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    s, zp = torch._choose_qparams_per_tensor(x2, False)
+    xs = torch.quantize_per_tensor(x2, s, zp - 128, torch.qint8).int_repr()
+    acc = torch._int_mm(xs, w.q.t())
+    acc.add_(w.colsum, alpha=128 - zp)
+    y = torch.mul(acc, w.scale * s)  # int32 x fp32 -> fp32
+    if w.bias is not None:
+        y.add_(w.bias)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """(q, scale, bias) -> fbgemm's packed int8 weight for torch.ops.quantized.linear_dynamic (its
+    blocked layout; the prepack is ~4 ns per weight on this CPU, single-threaded)."""
+    zeros = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)  # copies q
+    return torch.ops.quantized.linear_prepack(qw, bias)
+
+
+def linear(x: torch.Tensor, w, bias=None) -> torch.Tensor:
+    """The runner's product on an int8 copy: `int8_linear` for an Int8Matrix, fbgemm's dynamic
+    int8 linear for an fbgemm-packed weight (the same numbers: see the module docstring)."""
+    if type(w) is Int8Matrix:
+        return int8_linear(x, w)
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), w, False)
+
+
+KERNELS = ("int_mm", "fbgemm")  # Int8Weights(kernel=...): how the int8 copies are kept and multiplied
+
+
+def quantize(w: torch.Tensor, b: torch.Tensor | None = None, kernel: str = "int_mm"):
+    """One fp32 (N, K) weight (and bias) -> its int8 copy for `linear` (fresh buffers)."""
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    _round_into(w, q, scale, torch.empty(w.numel(), dtype=torch.float32, device=w.device))
+    b = None if b is None else b.detach().float()
+    return Int8Matrix(q, scale, b) if kernel == "int_mm" else fbgemm_pack(q, scale, b)
 
 
 def dequantized(packed) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fp32 (weight, bias) a packed int8 weight stands for (the tests' reference)."""
+    """The fp32 (weight, bias) an int8 copy stands for (the tests' reference)."""
+    if type(packed) is Int8Matrix:
+        return packed.q.float() * packed.scale[:, None], packed.bias
     qw, b = torch.ops.quantized.linear_unpack(packed)
     return qw.dequantize(), b
 
 
 def quantize_activation(x: torch.Tensor) -> torch.Tensor:
-    """x rounded as linear_dynamic rounds it: uint8 per tensor, asymmetric over [min(x, 0),
-    max(x, 0)] (the tests' reference; fbgemm's ChooseQuantizationParams)."""
+    """x rounded as the int8 products round it: uint8 per tensor, asymmetric over [min(x, 0),
+    max(x, 0)] (the tests' reference; fbgemm's ChooseQuantizationParams up to its zero-point
+    nudge, which matters only at a tie)."""
     lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
     scale = (hi - lo) / 255 if hi > lo else 1.0
     zero = min(255, max(0, round(-lo / scale)))
@@ -83,15 +140,19 @@ HEADS = ("fp32", "bf16", "int8")  # how the LM head runs in the decode steps
 
 class Int8Weights:
     """Int8 copies of a LlamaForCausalLM's decoder linear layers, in the layout
-    `LlamaRunner(..., quantized=self)` reads: `layers` are llama_fast.layer_weights tuples with
-    each weight replaced by its packed int8 copy (bias inside, None in the bias slot); `linear`
-    the product the runner calls on them; `head` a callable h (R, D) -> logits (R, V) for the
-    decode steps (head = "bf16" | "int8"), or None ("fp32": the runner's own). Raises
-    Unsupported for a model the fast path cannot run."""
+    `LlamaRunner(..., quantized=self)` reads: llama_fast.layer_weights tuples with each product
+    replaced by its int8 copy (bias inside, None in the bias slot), gate and up as one product
+    in the gate slot ((None, None) in the up slot: they read the same input, so one activation
+    quantisation serves both, as it did when they were two products); `linear` the product the
+    runner calls on them; `head` a callable h (R, D) -> logits (R, V) for the decode steps
+    (head = "bf16" | "int8"), or None ("fp32": the runner's own). kernel: "int_mm" (default;
+    torch._int_mm on the rounded weights as they are) or "fbgemm" (fbgemm's prepacked layout:
+    the same numbers, faster products, a ~10x dearer re-quantisation). Raises Unsupported for a
+    model the fast path cannot run."""
 
-    linear = staticmethod(int8_linear)
+    linear = staticmethod(linear)
 
-    def __init__(self, model, head: str = "bf16"):
+    def __init__(self, model, head: str = "bf16", kernel: str = "int_mm"):
         from rlhfkit.generation.rollout import unwrap
 
         _, self.hf = unwrap(model)
@@ -99,9 +160,12 @@ class Int8Weights:
             raise Unsupported(f"int8 rollouts need the Llama fast path, not {type(self.hf).__name__}")
         if head not in HEADS:
             raise ValueError(f"Int8Weights: head must be one of {', '.join(HEADS)}")
-        self.head_mode = head
-        self._bufs: dict[int, torch.Tensor] = {}  # slot -> int8 buffer, reused by refresh
-        self._packed: dict[int, object] = {}  # slot -> packed copy
+        if kernel not in KERNELS:
+            raise ValueError(f"Int8Weights: kernel must be one of {', '.join(KERNELS)}")
+        self.head_mode, self.kernel = head, kernel
+        self._bufs: dict[int, tuple] = {}  # slot -> (q int8, scale fp32) buffers, reused by refresh
+        self._scratch = torch.empty(0)  # fp32 scratch of the rounding, reused
+        self._packed: dict[int, object] = {}  # slot -> int8 copy
         self._keys: dict[int, tuple] = {}  # slot -> the versions of the tensors it was packed from
         self.layers: list[tuple] = []
         self.head = None
@@ -121,12 +185,31 @@ class Int8Weights:
             (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ()) or ()),
              tuple(getattr(m, "merged_adapters", ()) or ())) for m in mods)
 
-    def _q(self, slot: int, w, b, mods):
-        """Slot `slot`'s packed copy of (w, b), re-packed unless `_key(mods)` (the modules w comes
-        from) is what it was at the last refresh."""
+    def _q(self, slot: int, mods) -> tuple:
+        """Slot `slot`'s int8 copy of the product of `mods` (nn.Linear or LoRA modules whose
+        weights stack along the outputs, as q, k, v), re-made unless `_key(mods)` is what it was
+        at the last refresh -> (copy, None), a layer_weights (weight, bias) pair."""
         key = self._key(mods)
         if key is None or self._keys.get(slot) != key:
-            self._packed[slot], self._bufs[slot] = _pack(w, b, self._bufs.get(slot))
+            parts = [_linear(m) for m in mods]
+            n, k = sum(w.shape[0] for w, _ in parts), parts[0][0].shape[1]
+            q, scale = self._bufs.get(slot, (None, None))
+            w0 = parts[0][0]
+            if q is None or q.shape != (n, k):
+                q = torch.empty(n, k, dtype=torch.int8, device=w0.device)
+                scale = torch.empty(n, dtype=torch.float32, device=w0.device)
+                self._bufs[slot] = q, scale
+            if self._scratch.numel() < max(w.numel() for w, _ in parts) or self._scratch.device != w0.device:
+                self._scratch = torch.empty(max(w.numel() for w, _ in parts), dtype=torch.float32, device=w0.device)
+            r = 0
+            for w, _ in parts:
+                _round_into(w, q[r:r + w.shape[0]], scale[r:r + w.shape[0]], self._scratch)
+                r += w.shape[0]
+            bias = None
+            if any(b is not None for _, b in parts):
+                bias = torch.cat([(torch.zeros(w.shape[0], device=w.device) if b is None else b.detach()).float()
+                                  for w, b in parts])
+            self._packed[slot] = Int8Matrix(q, scale, bias) if self.kernel == "int_mm" else fbgemm_pack(q, scale, bias)
             self._keys[slot] = key
         return self._packed[slot], None
 
@@ -135,13 +218,13 @@ class Int8Weights:
         """Re-quantise the copies whose weights changed; -> seconds it took."""
         t0 = time.perf_counter()
         layers, slot = [], 0
-        for layer, (n1, e1, wqkv, bqkv, o, n2, e2, g, u, d, act) in zip(self.hf.model.layers,
-                                                                          layer_weights(self.hf)):
-            at, mlp = layer.self_attn, layer.mlp
-            layers.append((n1, e1, self._q(slot, wqkv, bqkv, (at.q_proj, at.k_proj, at.v_proj))[0], None,
-                           self._q(slot + 1, *o, (at.o_proj,)), n2, e2, self._q(slot + 2, *g, (mlp.gate_proj,)),
-                           self._q(slot + 3, *u, (mlp.up_proj,)), self._q(slot + 4, *d, (mlp.down_proj,)), act))
-            slot += 5
+        for layer in self.hf.model.layers[: self.hf.config.num_hidden_layers]:
+            at, mlp, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+            layers.append((n1.weight, n1.variance_epsilon, self._q(slot, (at.q_proj, at.k_proj, at.v_proj))[0], None,
+                           self._q(slot + 1, (at.o_proj,)), n2.weight, n2.variance_epsilon,
+                           self._q(slot + 2, (mlp.gate_proj, mlp.up_proj)), (None, None),
+                           self._q(slot + 3, (mlp.down_proj,)), mlp.act_fn))
+            slot += 4
         self.layers = layers
         if self.head_mode != "fp32":
             self.head = self._head(slot, (self.hf.lm_head,))
@@ -149,14 +232,14 @@ class Int8Weights:
 
     def _head(self, slot: int, mods):
         """The LM head as a callable h (R, D) -> logits (R, V) fp32, re-made when its weight changed."""
+        if self.head_mode == "int8":
+            packed, _ = self._q(slot, mods)
+            return lambda h: linear(h, packed)
         key = self._key(mods)
         if key is not None and self._keys.get(slot) == key:
             return self.head
         self._keys[slot] = key
         w, b = _linear(self.hf.lm_head)
-        if self.head_mode == "int8":
-            packed, self._bufs[slot] = _pack(w, b, self._bufs.get(slot))
-            return lambda h: int8_linear(h, packed)
         buf = self._bufs.get(slot)
         if buf is None or buf.shape != w.shape:
             buf = self._bufs[slot] = torch.empty(w.shape, dtype=torch.bfloat16, device=w.device)
