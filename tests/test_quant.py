@@ -176,13 +176,14 @@ def test_bf16_head_is_the_bf16_product():
     assert (q.head(h) - ref).abs().max() <= 2 ** -8 * ref.abs().max()
 
 
-def test_refresh_after_an_optimizer_step_sees_the_new_weights():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_refresh_after_an_optimizer_step_sees_the_new_weights(kernel):
     # torch's fused AdamW (the one training.make_optimizer builds) does not bump the parameters'
     # version counters: trainable weights must be re-packed at every refresh anyway
     from rlhfkit.training import make_optimizer
 
     model = tiny_llama().train()
-    q = Int8Weights(model)
+    q = Int8Weights(model, kernel=kernel)
     old, _ = dequantized(q.layers[0][9][0])
     opt = make_optimizer(model, 0.05, 0.0)
     model(input_ids=torch.tensor([PROMPTS[0]])).logits.sum().backward()
@@ -194,9 +195,10 @@ def test_refresh_after_an_optimizer_step_sees_the_new_weights():
     assert (new - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step of the row's scale
 
 
-def test_refresh_repacks_only_what_changed_among_frozen_weights():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_refresh_repacks_only_what_changed_among_frozen_weights(kernel):
     model = tiny_llama().requires_grad_(False)  # frozen, as LoRA's base weights
-    q = Int8Weights(model)
+    q = Int8Weights(model, kernel=kernel)
     before = [list(layer) for layer in q.layers]
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(2.0)  # an in-place write bumps the version
@@ -212,6 +214,26 @@ def test_refresh_repacks_only_what_changed_among_frozen_weights():
         for j in (4, 7, 9):
             if (i, j) != (1, 9):
                 assert layer[j][0] is before[i][j][0], (i, j)
+
+
+def test_packing_on_two_threads_equals_one():
+    # refresh packs fbgemm's copies on torch.get_num_threads() Python threads: the same copies,
+    # in the same slots, as packed one after another
+    model = tiny_llama()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = Int8Weights(model, head="int8", kernel="fbgemm")
+        torch.set_num_threads(2)
+        two = Int8Weights(model, head="int8", kernel="fbgemm")
+    finally:
+        torch.set_num_threads(threads)
+    h = torch.randn(3, 64)
+    for a, b in zip(one.layers, two.layers):
+        for j in (2, 4, 7, 9):
+            wa, wb = (a[j] if j == 2 else a[j][0]), (b[j] if j == 2 else b[j][0])
+            assert torch.equal(dequantized(wa)[0], dequantized(wb)[0]), j
+    assert torch.equal(one.head(h), two.head(h))
 
 
 def test_refresh_after_a_checkpoint_load_repacks():

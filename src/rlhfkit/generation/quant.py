@@ -6,13 +6,31 @@ Llama fast path (llama_fast.LlamaRunner) decodes with, re-quantised after each o
     ... optimizer.step() ...
     seconds = q.refresh()                # re-quantise what changed
 
-The kernel is fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`, the one
-torch.ao's dynamic quantisation uses): weights int8 per output channel (symmetric, scale
-max|w_row| / 127), activations quantised on the fly to uint8 per tensor (asymmetric, the
-call's min/max over all its rows), int32 accumulation, fp32 out. With reduce_range=False it
-equals the dequantise-then-fp32 computation to ~1e-6 relative (AVX512-VNNI accumulates
-u8 x s8 without saturating; tests/test_quant.py checks it), i.e. all of its error is the
-rounding of w and x to 8 bits: 0.5-3% of a layer's largest output on SmolLM2-135M.
+The numbers: weights int8 per output channel (symmetric, scale max|w_row| / 127, q =
+round(w / scale)), activations quantised on the fly to uint8 per tensor (asymmetric, the
+call's min/max over all its rows: fbgemm's ChooseQuantizationParams, as torch.ao's dynamic
+quantisation does it), exact int32 accumulation, fp32 out. This equals the
+dequantise-then-fp32 computation to ~1e-6 relative (tests/test_quant.py checks it against an
+int64 reference), i.e. all of its error is the rounding of w and x to 8 bits: 0.5-3% of a
+layer's largest output on SmolLM2-135M. Two kernels compute it (`kernel`, agreeing to ~1e-7):
+
+- "int_mm" (default): `torch._int_mm` (oneDNN's s8 x s8 -> s32 gemm) on the rounded weights
+  as they are. It takes x as xq - 128 (int8) and adds (128 - zp) x each weight row's sum back
+  in int32, so the result is the u8 x s8 product exactly. Nothing is packed: a refresh is the
+  rounding and the row sums (SmolLM2-135M: 0.13 s of CPU on one thread, against 0.65-0.71 s
+  for fbgemm's; 2026-12-02, benchmarks/README.md). Its products are slower than fbgemm's
+  (16 rows, one SmolLM2 layer: ~0.72 vs ~0.44 ms of CPU; oneDNN re-derives the s8 x s8
+  compensation each call) and cost a few small ops each (choose qparams, quantise, rescale).
+- "fbgemm": fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`) on its
+  prepacked layout (`linear_prepack`: ~4 ns per weight, single-threaded: ~80% of a refresh).
+  With reduce_range=False AVX512-VNNI accumulates u8 x s8 without saturating.
+  So fbgemm pays ~0.5 s more per refresh and saves ~0.3 ms a layer per 16-row decode step:
+  it wins once a rollout decodes more than ~55 steps of 16 rows (~30 of 64 rows) per
+  optimizer step; an RL step of 16 rows x <= 48 tokens decodes fewer. oneDNN's own int8
+  linear (torch.ops.onednn.qlinear_prepack / qlinear_pointwise, inductor's) was measured too:
+  its prepack is as slow as fbgemm's (3.2 ms for 960 x 576), its products slower, and it
+  crashes on an unpacked weight.
+
 A sample is therefore drawn from a slightly different distribution than the trainer's
 (SmolLM2-135M: mean |logprob difference| ~0.19 nats per sampled token, 1-2% of tokens with
 pi_train / pi_sample > 2); rlhfkit.losses.IS_CORRECTIONS (`is_correction`) corrects the
@@ -25,17 +43,23 @@ int8 prefill), the embedding, norms, RoPE and attention over the KV cache. The L
 error on the logits, as the fp32 head's gap shows: 0.192 vs 0.196 nats); "int8" is 4% of
 the largest logit, "fp32" exact.
 
+Gate and up are one (2I, D) product: they read the same input, so its one activation
+quantisation is the one each of the two products made, and the outputs are bitwise the two
+products' (tested); q, k and v were one already.
+
 A refresh re-quantises every copy made from a trainable tensor (full fine-tuning: all of
 them; LoRA: the adapted layers) and, of the frozen ones, those whose version counter moved
 (load_state_dict; a write through `.data` does not count, so do not update frozen weights
-that way). Its cost, counted in each RL step
-(time/quantize_s), is ~80% fbgemm's prepack (its blocked layout, ~7 ms per 576 x 1536
-layer): ~1 s for SmolLM2-135M's 150 products on a quiet core, 3.4 s on the loaded one.
+that way), rounding each into the int8 buffer it had (reused, as is one fp32 scratch). Its
+cost is counted in each RL step (time/quantize_s). Skipping copies whose int8 values did not
+change does not pay under full fine-tuning: even at lr 1e-6 every row's scale moves, and with
+it ~0.3% of the rounded values of each layer (an estimate from the step size, not measured).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +72,9 @@ def _round_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, scratch: 
     scale_n = max_k |w_nk| / 127, q = round(w / scale) in [-127, 127] (ties to even). `scratch`:
     a reused fp32 buffer of at least n * K elements (a fresh one would cost page faults)."""
     w = w.detach()
-    torch.linalg.vector_norm(w, float("inf"), dim=1, out=scale)  # max |w_n.|, one pass, no |w| copy
+    # max |w_n.| as max(max w_n., -min w_n.): two vectorised passes and no |w| copy (linalg's
+    # inf-norm and aminmax over dim 1 are ~20x slower here)
+    torch.maximum(w.amax(1), w.amin(1).neg_(), out=scale)
     scale.clamp_(min=1e-12).div_(127.0)
     t = scratch[: w.numel()].view(w.shape)
     torch.div(w, scale[:, None], out=t)
@@ -106,6 +132,7 @@ def linear(x: torch.Tensor, w, bias=None) -> torch.Tensor:
 
 
 KERNELS = ("int_mm", "fbgemm")  # Int8Weights(kernel=...): how the int8 copies are kept and multiplied
+KERNEL = "fbgemm"  # the default kernel (rollout_quant = "int8" builds Int8Weights(policy) with it)
 
 
 def quantize(w: torch.Tensor, b: torch.Tensor | None = None, kernel: str = "int_mm"):
@@ -152,7 +179,7 @@ class Int8Weights:
 
     linear = staticmethod(linear)
 
-    def __init__(self, model, head: str = "bf16", kernel: str = "int_mm"):
+    def __init__(self, model, head: str = "bf16", kernel: str | None = None):
         from rlhfkit.generation.rollout import unwrap
 
         _, self.hf = unwrap(model)
@@ -160,6 +187,7 @@ class Int8Weights:
             raise Unsupported(f"int8 rollouts need the Llama fast path, not {type(self.hf).__name__}")
         if head not in HEADS:
             raise ValueError(f"Int8Weights: head must be one of {', '.join(HEADS)}")
+        kernel = KERNEL if kernel is None else kernel
         if kernel not in KERNELS:
             raise ValueError(f"Int8Weights: kernel must be one of {', '.join(KERNELS)}")
         self.head_mode, self.kernel = head, kernel
@@ -186,9 +214,10 @@ class Int8Weights:
              tuple(getattr(m, "merged_adapters", ()) or ())) for m in mods)
 
     def _q(self, slot: int, mods) -> tuple:
-        """Slot `slot`'s int8 copy of the product of `mods` (nn.Linear or LoRA modules whose
-        weights stack along the outputs, as q, k, v), re-made unless `_key(mods)` is what it was
-        at the last refresh -> (copy, None), a layer_weights (weight, bias) pair."""
+        """Re-make slot `slot`'s int8 copy of the product of `mods` (nn.Linear or LoRA modules
+        whose weights stack along the outputs, as q, k, v) unless `_key(mods)` is what it was at
+        the last refresh: rounded here, and (kernel "fbgemm") queued for `_pack_jobs`. -> (the
+        slot -> copy dict, slot)."""
         key = self._key(mods)
         if key is None or self._keys.get(slot) != key:
             parts = [_linear(m) for m in mods]
@@ -209,31 +238,54 @@ class Int8Weights:
             if any(b is not None for _, b in parts):
                 bias = torch.cat([(torch.zeros(w.shape[0], device=w.device) if b is None else b.detach()).float()
                                   for w, b in parts])
-            self._packed[slot] = Int8Matrix(q, scale, bias) if self.kernel == "int_mm" else fbgemm_pack(q, scale, bias)
+            if self.kernel == "int_mm":
+                self._packed[slot] = Int8Matrix(q, scale, bias)
+            else:  # packed by refresh, once every product is rounded
+                self._packed[slot] = None
+                self._jobs.append((slot, q, scale, bias))
             self._keys[slot] = key
-        return self._packed[slot], None
+        return self._packed, slot
+
+    def _pack_jobs(self) -> None:
+        """fbgemm's prepack of the products rounded by this refresh, on as many Python threads as
+        torch has (it is single-threaded and releases the GIL: two run side by side on two cores)."""
+        jobs, self._jobs = sorted(self._jobs, key=lambda j: -j[1].numel()), []  # largest first
+        workers = min(torch.get_num_threads(), len(jobs))
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as ex:
+                packed = list(ex.map(lambda j: fbgemm_pack(*j[1:]), jobs))
+        else:
+            packed = [fbgemm_pack(*j[1:]) for j in jobs]
+        for (slot, *_), p in zip(jobs, packed):
+            self._packed[slot] = p
 
     @torch.no_grad()
     def refresh(self) -> float:
         """Re-quantise the copies whose weights changed; -> seconds it took."""
         t0 = time.perf_counter()
-        layers, slot = [], 0
+        self._jobs: list[tuple] = []
+        slots = []
         for layer in self.hf.model.layers[: self.hf.config.num_hidden_layers]:
             at, mlp, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            layers.append((n1.weight, n1.variance_epsilon, self._q(slot, (at.q_proj, at.k_proj, at.v_proj))[0], None,
-                           self._q(slot + 1, (at.o_proj,)), n2.weight, n2.variance_epsilon,
-                           self._q(slot + 2, (mlp.gate_proj, mlp.up_proj)), (None, None),
-                           self._q(slot + 3, (mlp.down_proj,)), mlp.act_fn))
-            slot += 4
-        self.layers = layers
+            for mods in ((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,), (mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)):
+                slots.append(self._q(len(slots), mods)[1])
+        head_slot = len(slots)
+        if self.head_mode == "int8":
+            self._q(head_slot, (self.hf.lm_head,))
+        self._pack_jobs()
+        p = self._packed
+        self.layers = [(n1.weight, n1.variance_epsilon, p[s], None, (p[s + 1], None), n2.weight, n2.variance_epsilon,
+                        (p[s + 2], None), (None, None), (p[s + 3], None), layer.mlp.act_fn)
+                       for layer, s in zip(self.hf.model.layers, range(0, head_slot, 4))
+                       for n1, n2 in [(layer.input_layernorm, layer.post_attention_layernorm)]]
         if self.head_mode != "fp32":
-            self.head = self._head(slot, (self.hf.lm_head,))
+            self.head = self._head(head_slot, (self.hf.lm_head,))
         return time.perf_counter() - t0
 
     def _head(self, slot: int, mods):
         """The LM head as a callable h (R, D) -> logits (R, V) fp32, re-made when its weight changed."""
-        if self.head_mode == "int8":
-            packed, _ = self._q(slot, mods)
+        if self.head_mode == "int8":  # rounded (and packed) by refresh with the layers
+            packed = self._packed[slot]
             return lambda h: linear(h, packed)
         key = self._key(mods)
         if key is not None and self._keys.get(slot) == key:
