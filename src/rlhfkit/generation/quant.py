@@ -14,22 +14,23 @@ dequantise-then-fp32 computation to ~1e-6 relative (tests/test_quant.py checks i
 int64 reference), i.e. all of its error is the rounding of w and x to 8 bits: 0.5-3% of a
 layer's largest output on SmolLM2-135M. Two kernels compute it (`kernel`, agreeing to ~1e-7):
 
-- "int_mm" (default): `torch._int_mm` (oneDNN's s8 x s8 -> s32 gemm) on the rounded weights
-  as they are. It takes x as xq - 128 (int8) and adds (128 - zp) x each weight row's sum back
-  in int32, so the result is the u8 x s8 product exactly. Nothing is packed: a refresh is the
-  rounding and the row sums (SmolLM2-135M: 0.13 s of CPU on one thread, against 0.65-0.71 s
-  for fbgemm's; 2026-12-02, benchmarks/README.md). Its products are slower than fbgemm's
-  (16 rows, one SmolLM2 layer: ~0.72 vs ~0.44 ms of CPU; oneDNN re-derives the s8 x s8
-  compensation each call) and cost a few small ops each (choose qparams, quantise, rescale).
-- "fbgemm": fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`) on its
-  prepacked layout (`linear_prepack`: ~4 ns per weight, single-threaded: ~80% of a refresh).
-  With reduce_range=False AVX512-VNNI accumulates u8 x s8 without saturating.
-  So fbgemm pays ~0.5 s more per refresh and saves ~0.3 ms a layer per 16-row decode step:
-  it wins once a rollout decodes more than ~55 steps of 16 rows (~30 of 64 rows) per
-  optimizer step; an RL step of 16 rows x <= 48 tokens decodes fewer. oneDNN's own int8
-  linear (torch.ops.onednn.qlinear_prepack / qlinear_pointwise, inductor's) was measured too:
-  its prepack is as slow as fbgemm's (3.2 ms for 960 x 576), its products slower, and it
-  crashes on an unpacked weight.
+- "fbgemm" (default): fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`, the
+  one torch.ao's dynamic quantisation uses) on its prepacked layout (`linear_prepack`, ~4 ns
+  per weight, single-threaded; it releases the GIL, so a refresh runs the prepacks on as many
+  Python threads as torch has). With reduce_range=False AVX512-VNNI accumulates u8 x s8
+  without saturating.
+- "int_mm": `torch._int_mm` (oneDNN's s8 x s8 -> s32 gemm) on the rounded weights as they
+  are: x goes in as xq - 128 (int8) and (128 - zp) x each weight row's sum is added back in
+  int32, so the result is the u8 x s8 product exactly. Nothing is packed: a refresh of
+  SmolLM2-135M is 0.11-0.13 s of CPU (one thread) against fbgemm's 0.59-0.65 s. But its
+  products are slower, 1.8x in a decode step of 30 distinct layers (16 rows: 32 vs 17 ms of
+  CPU; 64 rows: 61 vs 44: oneDNN runs it as its gemm API on the plain weights, where fbgemm
+  reads the blocked layout its prepack made), so it pays only where a refresh is followed by fewer than ~35 decode steps of
+  16 rows; an RL step of 16 rows x <= 48 tokens is at about that point (measured 2026-12-02,
+  benchmarks/README.md).
+  oneDNN's own int8 linear (torch.ops.onednn.qlinear_prepack / qlinear_pointwise, inductor's)
+  does not help either: its prepack is as slow as fbgemm's (3.2 ms for 960 x 576), its 16-row
+  products slower, and it crashes on an unpacked weight.
 
 A sample is therefore drawn from a slightly different distribution than the trainer's
 (SmolLM2-135M: mean |logprob difference| ~0.19 nats per sampled token, 1-2% of tokens with
@@ -52,8 +53,9 @@ them; LoRA: the adapted layers) and, of the frozen ones, those whose version cou
 (load_state_dict; a write through `.data` does not count, so do not update frozen weights
 that way), rounding each into the int8 buffer it had (reused, as is one fp32 scratch). Its
 cost is counted in each RL step (time/quantize_s). Skipping copies whose int8 values did not
-change does not pay under full fine-tuning: even at lr 1e-6 every row's scale moves, and with
-it ~0.3% of the rounded values of each layer (an estimate from the step size, not measured).
+change does not happen under full fine-tuning: after one AdamW step on SmolLM2-135M every row's
+scale moved and every one of the 120 products had changed values (0.033% of all int8 values
+at lr 1e-6, 0.21% at 1e-5).
 """
 
 from __future__ import annotations
@@ -163,6 +165,19 @@ def quantize_activation(x: torch.Tensor) -> torch.Tensor:
 
 
 HEADS = ("fp32", "bf16", "int8")  # how the LM head runs in the decode steps
+HEAD_PACK_ROWS = 16  # the rows the bf16 head's oneDNN layout is made for (any number of rows reads it)
+
+
+def _onednn_bf16(w: torch.Tensor):
+    """A bf16 (N, K) weight reordered for oneDNN's linear (matmul.onednn_pack's layout), or None
+    where oneDNN cannot (not a CPU tensor, no oneDNN, no bf16 support)."""
+    if w.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
+            or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w, HEAD_PACK_ROWS)
+    except RuntimeError:
+        return None
 
 
 class Int8Weights:
@@ -172,10 +187,10 @@ class Int8Weights:
     in the gate slot ((None, None) in the up slot: they read the same input, so one activation
     quantisation serves both, as it did when they were two products); `linear` the product the
     runner calls on them; `head` a callable h (R, D) -> logits (R, V) for the decode steps
-    (head = "bf16" | "int8"), or None ("fp32": the runner's own). kernel: "int_mm" (default;
-    torch._int_mm on the rounded weights as they are) or "fbgemm" (fbgemm's prepacked layout:
-    the same numbers, faster products, a ~10x dearer re-quantisation). Raises Unsupported for a
-    model the fast path cannot run."""
+    (head = "bf16" | "int8"), or None ("fp32": the runner's own). kernel (default KERNEL):
+    "fbgemm" (fbgemm's prepacked layout) or "int_mm" (torch._int_mm on the rounded weights as
+    they are: the same numbers, a ~5x cheaper refresh, 1.8x slower products). Raises
+    Unsupported for a model the fast path cannot run."""
 
     linear = staticmethod(linear)
 
@@ -297,5 +312,12 @@ class Int8Weights:
             buf = self._bufs[slot] = torch.empty(w.shape, dtype=torch.bfloat16, device=w.device)
         buf.copy_(w.detach())
         bias = None if b is None else b.detach().to(torch.bfloat16)
-        # bf16 x bf16 products (AVX512-BF16 through oneDNN), fp32 accumulation, bf16 out
+        # bf16 x bf16 products (AVX512-BF16 through oneDNN), fp32 accumulation, bf16 out; on
+        # weights reordered into oneDNN's blocked layout where it can (the same numbers, bitwise
+        # here: SmolLM2-135M's head at 16 rows 6.5 vs 11.1 ms of CPU, at 64 rows 19 vs 23, for a
+        # 0.03 s reorder per refresh)
+        packed = _onednn_bf16(buf)
+        if packed is not None:
+            return lambda h: torch.ops.mkldnn._linear_pointwise(h.to(torch.bfloat16), packed, bias, "none", [],
+                                                                "").float()
         return lambda h: F.linear(h.to(torch.bfloat16), buf, bias).float()
