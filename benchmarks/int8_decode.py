@@ -130,7 +130,8 @@ def main() -> None:
             row["cpu_s"], row["cpu_ratio"] = c8, cpu["fp32"] / c8
             row["cpu_ratio_with_requant"] = cpu["fp32"] / (c8 + refresh_cpu[h])
             results["rows"][R][f"head_{h}"] = row
-            print(f"{R:>5} {h:>12} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} {row['int8_requant_tok_s']:>13.1f} "
+            print(f"{R:>5} {h:>12} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} "
+                  f"{row['int8_requant_tok_s']:>13.1f} "
                   f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x {row['cpu_ratio']:>9.2f}x "
                   f"{row['cpu_ratio_with_requant']:>7.2f}x", flush=True)
 

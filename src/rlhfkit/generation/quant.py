@@ -22,12 +22,12 @@ layer's largest output on SmolLM2-135M. Two kernels compute it (`kernel`, agreei
 - "int_mm": `torch._int_mm` (oneDNN's s8 x s8 -> s32 gemm) on the rounded weights as they
   are: x goes in as xq - 128 (int8) and (128 - zp) x each weight row's sum is added back in
   int32, so the result is the u8 x s8 product exactly. Nothing is packed: a refresh of
-  SmolLM2-135M is 0.11-0.13 s of CPU (one thread) against fbgemm's 0.59-0.65 s. But its
+  SmolLM2-135M is 0.11-0.19 s of CPU (one thread) against fbgemm's 0.51-0.75 s. But its
   products are slower, 1.8x in a decode step of 30 distinct layers (16 rows: 32 vs 17 ms of
   CPU; 64 rows: 61 vs 44: oneDNN runs it as its gemm API on the plain weights, where fbgemm
-  reads the blocked layout its prepack made), so it pays only where a refresh is followed by fewer than ~35 decode steps of
-  16 rows; an RL step of 16 rows x <= 48 tokens is at about that point (measured 2026-12-02,
-  benchmarks/README.md).
+  reads the blocked layout its prepack made), so it pays only where a refresh is followed by
+  fewer than ~30 decode steps of 16 rows (16 rows x 48 tokens: 1.38x fp32 with its refresh,
+  fbgemm 1.49x, in CPU seconds; 2026-12-02, benchmarks/README.md).
   oneDNN's own int8 linear (torch.ops.onednn.qlinear_prepack / qlinear_pointwise, inductor's)
   does not help either: its prepack is as slow as fbgemm's (3.2 ms for 960 x 576), its 16-row
   products slower, and it crashes on an unpacked weight.
@@ -40,9 +40,10 @@ loss for it, and the RL step logs the gap (rollout/logprob_gap).
 Kept exact (fp32): the prefill (one activation scale over a whole prompt, its first token's
 outliers included, would round the rest of the prompt away: the gap was 0.35 nats with an
 int8 prefill), the embedding, norms, RoPE and attention over the KV cache. The LM head
-(`head`) runs in bf16 by default (2.5x faster than fp32 on this CPU's AVX512-BF16, ~0.4%
-error on the logits, as the fp32 head's gap shows: 0.192 vs 0.196 nats); "int8" is 4% of
-the largest logit, "fp32" exact.
+(`head`) runs in bf16 by default, on oneDNN-reordered weights (AVX512-BF16; SmolLM2-135M at
+16 rows 6.5 ms of CPU against 11.5 for the fp32 runner's reordered head; ~0.4% error on the
+logits, as the fp32 head's gap shows: 0.192 vs 0.196 nats); "int8" is 4% of the largest
+logit, "fp32" exact.
 
 Gate and up are one (2I, D) product: they read the same input, so its one activation
 quantisation is the one each of the two products made, and the outputs are bitwise the two
@@ -51,8 +52,10 @@ products' (tested); q, k and v were one already.
 A refresh re-quantises every copy made from a trainable tensor (full fine-tuning: all of
 them; LoRA: the adapted layers) and, of the frozen ones, those whose version counter moved
 (load_state_dict; a write through `.data` does not count, so do not update frozen weights
-that way), rounding each into the int8 buffer it had (reused, as is one fp32 scratch). Its
-cost is counted in each RL step (time/quantize_s). Skipping copies whose int8 values did not
+that way), rounding each into the int8 buffer it had (reused, as is one fp32 scratch), then
+packs them (fbgemm). Its cost is counted in each RL step (time/quantize_s): SmolLM2-135M, one
+thread, 0.54 s against 0.71 s before 2026-12-02 (same run; ~80% of it is the prepack), about
+what 11-16 of a 48-token 16-row rollout's decode steps save over fp32. Skipping copies whose int8 values did not
 change does not happen under full fine-tuning: after one AdamW step on SmolLM2-135M every row's
 scale moved and every one of the 120 products had changed values (0.033% of all int8 values
 at lr 1e-6, 0.21% at 1e-5).
@@ -282,7 +285,8 @@ class Int8Weights:
         slots = []
         for layer in self.hf.model.layers[: self.hf.config.num_hidden_layers]:
             at, mlp, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            for mods in ((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,), (mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)):
+            for mods in ((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,), (mlp.gate_proj, mlp.up_proj),
+                         (mlp.down_proj,)):
                 slots.append(self._q(len(slots), mods)[1])
         head_slot = len(slots)
         if self.head_mode == "int8":
