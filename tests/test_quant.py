@@ -273,3 +273,35 @@ def test_int8_needs_the_llama_fast_path():
         Int8Weights(tiny_gpt2())
     with pytest.raises(ValueError, match="torch backend"):
         generate(tiny_llama(), PROMPTS, max_new_tokens=2, quantized=Int8Weights(tiny_llama()), backend="hf")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_lora_copies_are_base_plus_delta_and_follow_the_adapters(kernel):
+    # LoRA: each copy is of base + the active deltas (gate and up fused: both halves), and a
+    # change of the adapter weights (trainable) is seen by the next refresh
+    from rlhfkit.generation.llama_fast import _linear
+    from rlhfkit.models import add_lora
+
+    model = add_lora(tiny_llama(), 4, 8)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)  # peft starts B at 0: make the deltas real
+    q = Int8Weights(model, kernel=kernel)
+
+    def check():
+        mlp = q.hf.model.layers[1].mlp
+        w = torch.cat([_linear(mlp.gate_proj)[0], _linear(mlp.up_proj)[0]]).detach()
+        dq, _ = dequantized(q.layers[1][7][0])
+        assert dq.shape == w.shape
+        assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
+        return w
+
+    w0 = check()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(-1.0)
+    q.refresh()
+    w1 = check()
+    assert not torch.allclose(w0, w1)
