@@ -140,8 +140,10 @@ KERNELS = ("int_mm", "fbgemm")  # Int8Weights(kernel=...): how the int8 copies a
 KERNEL = "fbgemm"  # the default kernel (rollout_quant = "int8" builds Int8Weights(policy) with it)
 
 
-def quantize(w: torch.Tensor, b: torch.Tensor | None = None, kernel: str = "int_mm"):
-    """One fp32 (N, K) weight (and bias) -> its int8 copy for `linear` (fresh buffers)."""
+def quantize(w: torch.Tensor, b: torch.Tensor | None = None, kernel: str | None = None):
+    """One fp32 (N, K) weight (and bias) -> its int8 copy for `linear` (fresh buffers; kernel
+    default KERNEL)."""
+    kernel = KERNEL if kernel is None else kernel
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
     _round_into(w, q, scale, torch.empty(w.numel(), dtype=torch.float32, device=w.device))
