@@ -3,6 +3,7 @@ step, and the sampler/trainer mismatch on a real rollout (issue 14, target 2).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_decode.py --out int8_decode.json
     python benchmarks/int8_decode.py --rows 16 --heads fp32 bf16 int8   # the LM head's options side by side
+    python benchmarks/int8_decode.py --rows 16 64 --kernels int_mm fbgemm  # the int8 products' kernels
 
 SmolLM2-135M-Instruct (or `--model DIR`), one thread. Each row is an arithmetic chat prompt in
 groups of 8 (as GRPO's), sampled at temperature 1 with no eos, so every row decodes the full
@@ -10,7 +11,8 @@ groups of 8 (as GRPO's), sampled at temperature 1 with no eos, so every row deco
 best, so a neighbour's burst on the shared CPU hits both alike: quote the ratios.
 tokens/s = rows x new tokens / wall time of one `generate` call (prefill included).
 "int8 + requant" adds one `Int8Weights.refresh()` (what an RL step pays once per optimizer
-step) to that call: the issue's target is >= 2x fp32 at 16 rows with it.
+step) to that call: the issue's target is >= 2x fp32 at 16 rows with it. Each int8 column is a
+head x kernel (quant.KERNELS: torch._int_mm on the rounded weights, or fbgemm's prepacked ones).
 Mismatch: one int8 rollout of `--gap-rows` rows, the trainer's fp32 logprobs of the same tokens
 (the RL update's forward); rollout/logprob_gap = mean |fp32 - int8| over the sampled tokens,
 and the share of tokens whose ratio pi_fp32 / pi_int8 exceeds each cap (TIS caps them, MIS
@@ -43,9 +45,12 @@ def prompts(tok, n: int, seed: int = 0) -> list[list[int]]:
     return out[:n]
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def timed(fn, cpu: dict | None = None, name: str = "") -> float:
+    """fn's wall seconds; with `cpu`, cpu[name] keeps the least process CPU seconds seen."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
+    if cpu is not None:
+        cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - c0)
     return time.perf_counter() - t0
 
 
@@ -54,7 +59,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhfkit.generation import generate
-    from rlhfkit.generation.quant import Int8Weights
+    from rlhfkit.generation.quant import KERNELS, Int8Weights
     from rlhfkit.losses import IS_CORRECTIONS
     from rlhfkit.rl.rollout import Experience, response_logprobs
 
@@ -65,7 +70,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--heads", nargs="+", default=["bf16"], choices=["fp32", "bf16", "int8"],
                    help="how the int8 runs' LM head computes (each a column beside fp32)")
-    p.add_argument("--gap-rows", type=int, default=32)
+    p.add_argument("--kernels", nargs="+", default=["int_mm"], choices=KERNELS,
+                   help="the int8 products' kernel (each a column beside fp32)")
+    p.add_argument("--gap-rows", type=int, default=32, help="0: no mismatch measurement")
     p.add_argument("--caps", nargs="+", type=float, default=[1.5, 2.0, 5.0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="")
@@ -81,45 +88,59 @@ def main() -> None:
             for prm in model.parameters():
                 prm.mul_(1.0)
 
-    quants, refresh = {}, {}
+    quants, refresh, refresh_cpu = {}, {}, {}
     for head in a.heads:
-        quants[head] = Int8Weights(model, head=head)
-        times = []
-        for _ in range(3):
+        for kernel in a.kernels:
+            quants[h := f"{head}/{kernel}"] = Int8Weights(model, head=head, kernel=kernel)
+    for h in quants:
+        refresh[h], refresh_cpu[h] = [], []
+    for _ in range(3):  # alternating, median of 3
+        for h, q in quants.items():
             bump()
-            times.append(quants[head].refresh())
-        refresh[head] = sorted(times)[1]  # median of 3
+            c0 = time.process_time()
+            refresh[h].append(q.refresh())
+            refresh_cpu[h].append(time.process_time() - c0)
+    refresh = {h: sorted(t)[1] for h, t in refresh.items()}
+    refresh_cpu = {h: sorted(t)[1] for h, t in refresh_cpu.items()}
     print(f"{what}, {a.threads} thread(s), {a.new_tokens} new tokens; re-quantise (all layers): "
-          + ", ".join(f"head {h}: {t:.3f} s" for h, t in refresh.items()))
-    results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "requantize_s": refresh, "rows": {}}
-    print(f"{'rows':>5} {'head':>5} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
-          f"{'ratio+rq':>9}")
+          + ", ".join(f"{h}: {t:.3f} s (cpu {refresh_cpu[h]:.3f})" for h, t in refresh.items()))
+    results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "requantize_s": refresh,
+               "requantize_cpu_s": refresh_cpu, "rows": {}}
+    print(f"{'rows':>5} {'head/kernel':>12} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
+          f"{'ratio+rq':>9} {'cpu ratio':>10} {'cpu +rq':>8}")
     for R in a.rows:
         ps = prompts(tok, R)
         best = {"fp32": float("inf"), **{f"int8-{h}": float("inf") for h in quants}}
+        cpu: dict = {}
         for i in range(a.repeat):
             for name, quant in (("fp32", None), *((f"int8-{h}", q) for h, q in quants.items())):
                 g = torch.Generator().manual_seed(i)
                 best[name] = min(best[name], timed(lambda ps=ps, g=g, quant=quant: generate(
                     model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=pad,
-                    generator=g, quantized=quant)))
+                    generator=g, quantized=quant), cpu, name))
         n = R * a.new_tokens
-        results["rows"][R] = {"fp32_tok_s": n / best["fp32"]}
+        results["rows"][R] = {"fp32_tok_s": n / best["fp32"], "fp32_cpu_s": cpu["fp32"]}
         for h in quants:
             t8 = best[f"int8-{h}"]
             row = {"int8_tok_s": n / t8, "int8_requant_tok_s": n / (t8 + refresh[h])}
             row["ratio"], row["ratio_with_requant"] = best["fp32"] / t8, \
                 row["int8_requant_tok_s"] / (n / best["fp32"])
+            # the same ratios in process CPU seconds (one thread: what a busy machine distorts least)
+            c8 = cpu[f"int8-{h}"]
+            row["cpu_s"], row["cpu_ratio"] = c8, cpu["fp32"] / c8
+            row["cpu_ratio_with_requant"] = cpu["fp32"] / (c8 + refresh_cpu[h])
             results["rows"][R][f"head_{h}"] = row
-            print(f"{R:>5} {h:>5} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} {row['int8_requant_tok_s']:>13.1f} "
-                  f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x", flush=True)
+            print(f"{R:>5} {h:>12} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} "
+                  f"{row['int8_requant_tok_s']:>13.1f} "
+                  f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x {row['cpu_ratio']:>9.2f}x "
+                  f"{row['cpu_ratio_with_requant']:>7.2f}x", flush=True)
 
     # the mismatch on a real rollout: int8 samples (with eos: real lengths), fp32 trainer logprobs
     from rlhfkit.models import eos_token_ids
 
     ps = prompts(tok, a.gap_rows, seed=1)
     results["mismatch"] = {}
-    for h, q in quants.items():
+    for h, q in quants.items() if a.gap_rows else ():
         r = generate(model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=eos_token_ids(model, tok),
                      pad_token_id=pad, generator=torch.Generator().manual_seed(0), quantized=q)
         exp = Experience(ps, r.tokens, r.mask)

@@ -1,5 +1,6 @@
 """Int8 rollouts (generation/quant.py): the int8 linear against its dequantise-then-fp32
-reference, the runner's int8 decode against the same runner with the reference product, the
+reference and against exact integer arithmetic, its two kernels (torch._int_mm, fbgemm) against
+each other, the runner's int8 decode against the same runner with the reference product, the
 re-quantisation after a weight change, and the fp32 path untouched."""
 
 from __future__ import annotations
@@ -12,39 +13,60 @@ from test_generation import PROMPTS, full_logprobs, tiny_gpt2, tiny_llama
 from rlhfkit.generation import generate, left_pad
 from rlhfkit.generation.llama_fast import LlamaRunner, Unsupported
 from rlhfkit.generation.quant import (
+    KERNELS,
+    Int8Matrix,
     Int8Weights,
-    _pack,
+    _round_into,
     dequantized,
     int8_linear,
+    linear,
+    quantize,
     quantize_activation,
 )
 
 
-def test_per_channel_weight_rounding_by_hand():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_per_channel_weight_rounding_by_hand(kernel):
     # row 0: scale 1/127, -0.25 * 127 = -31.75 -> -32 -> -32/127 = -0.251969
     # row 1: scale 0.2/127, -0.05 / scale = -31.75 -> -32 -> -32 * 0.2/127 = -0.050394
     w = torch.tensor([[1.0, -0.25], [0.2, -0.05]])
-    packed, buf = _pack(w, None, None)
-    assert buf.tolist() == [[127, -32], [127, -32]]
+    packed = quantize(w, None, kernel)
     dq, b = dequantized(packed)
     assert b is None
     assert torch.allclose(dq, torch.tensor([[1.0, -32 / 127], [0.2, -32 * 0.2 / 127]]), atol=1e-6)
-    # reusing the buffer: same values, same storage
-    _, buf2 = _pack(w * 2, None, buf)
-    assert buf2 is buf and buf.tolist() == [[127, -32], [127, -32]]
+    if kernel == "int_mm":
+        assert packed.q.tolist() == [[127, -32], [127, -32]] and packed.colsum.tolist() == [95, 95]
 
 
+def test_rounding_into_reused_buffers_is_round_of_w_over_scale():
+    # the refresh's rounding (into the same int8 buffer each time, via a shared fp32 scratch) is
+    # exactly the documented q = round(w / (max|w_row| / 127)), ties to even, for rows of a
+    # slice as for a whole matrix
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(70, 33, generator=g)
+    w[5, 7] = 0.0
+    w[6] = 0.0  # an all-zero row: scale clamps to 1e-12 / 127, q = 0
+    q, scale, scratch = torch.empty(80, 33, dtype=torch.int8), torch.empty(80), torch.empty(70 * 33 + 5)
+    for _ in range(2):  # reuse: same values in the same storage
+        _round_into(w, q[10:], scale[10:], scratch)
+    ref_scale = w.abs().amax(1).clamp(min=1e-12) / 127.0
+    assert torch.equal(scale[10:], ref_scale)
+    assert torch.equal(q[10:], torch.round(w / ref_scale[:, None]).to(torch.int8))
+    assert int(q[10:].abs().max()) == 127 and q[16].abs().sum() == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("rows", [1, 5, 64])
-def test_int8_linear_equals_dequantise_then_fp32(rows):
-    # fbgemm's product is exactly fp32(dequant(x_q) @ dequant(w_q).T) up to fp32 rounding of the
+def test_int8_linear_equals_dequantise_then_fp32(rows, kernel):
+    # the product is exactly fp32(dequant(x_q) @ dequant(w_q).T) up to fp32 rounding of the
     # int32 -> float rescale: tolerance 1e-5 of the output's scale. All the int8 error is in
     # the rounding of x and w, which the reference shares.
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(48, 40, generator=g) * 0.1, torch.randn(48, generator=g)
     x = torch.randn(rows, 40, generator=g)
     x[:, 3] *= 20  # an outlier channel, as LLM activations have
-    packed, _ = _pack(w, b, None)
-    ours = int8_linear(x, packed)
+    packed = quantize(w, b, kernel)
+    ours = linear(x, packed)
     dw, db = dequantized(packed)
     ref = F.linear(quantize_activation(x), dw, db)
     scale = ref.abs().max()
@@ -53,7 +75,54 @@ def test_int8_linear_equals_dequantise_then_fp32(rows):
     err = (ours - F.linear(x, w, b)).abs().max() / scale
     assert 1e-4 < err < 0.05, float(err)
     # (B, S, K) inputs keep their leading dims
-    assert int8_linear(x.view(rows, 1, 40), packed).shape == (rows, 1, 48)
+    assert linear(x.view(rows, 1, 40), packed).shape == (rows, 1, 48)
+
+
+@pytest.mark.parametrize("rows,k", [(1, 40), (16, 576), (64, 67)])
+def test_int_mm_path_is_exact_integer_arithmetic(rows, k):
+    # the _int_mm path against the same quantisation done by hand in int64 / float64: x's
+    # uint8 codes from ATen's own per-tensor quantiser (the qparams fbgemm chooses), sum (xq -
+    # zp) q in int64, then x_scale * w_scale in fp32 (as fbgemm multiplies) times that sum: the
+    # only difference left is the final fp32 rounding (2^-24 relative)
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(96, k, generator=g) * 0.05, torch.randn(96, generator=g)
+    x = torch.randn(rows, k, generator=g) + 0.3
+    x[:, 1] *= 30
+    m = quantize(w, b, "int_mm")
+    s, zp = torch._choose_qparams_per_tensor(x, False)
+    xq = torch.quantize_per_tensor(x, s, zp, torch.quint8).int_repr().long()
+    raw = (xq - zp) @ m.q.long().t()  # exact
+    ref = raw.double() * (m.scale * s).double() + b.double()
+    ours = int8_linear(x, m)
+    assert ours.dtype == torch.float32
+    assert (ours.double() - ref).abs().max() <= 2e-7 * ref.abs().max()
+    # and the column sums the zero-point shift uses are the weight's
+    assert torch.equal(m.colsum.long(), m.q.long().sum(1))
+
+
+@pytest.mark.parametrize("rows", [1, 16, 64])
+def test_the_two_kernels_agree(rows):
+    # the same int8 weights, the same activation quantisation: fbgemm's u8 x s8 product and
+    # _int_mm's s8 x s8 with the shift put back agree to fp32 rounding
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(1536, 576, generator=g) * 0.03
+    x = torch.randn(rows, 576, generator=g)
+    a, f = quantize(w, None, "int_mm"), quantize(w, None, "fbgemm")
+    assert torch.equal(dequantized(a)[0], dequantized(f)[0])
+    ya, yf = linear(x, a), linear(x, f)
+    assert (ya - yf).abs().max() <= 1e-6 * yf.abs().max()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_gate_up_equals_two_products(kernel):
+    # gate and up as one (2I, K) int8 product: one quantisation of their shared input, as each
+    # of two products did, and per-row weight scales: bitwise the two separate products
+    g = torch.Generator().manual_seed(1)
+    wg, wu = torch.randn(96, 64, generator=g), torch.randn(96, 64, generator=g) * 0.1
+    h = torch.randn(16, 64, generator=g)
+    fused = linear(h, quantize(torch.cat([wg, wu]), None, kernel))
+    sep = torch.cat([linear(h, quantize(wg, None, kernel)), linear(h, quantize(wu, None, kernel))], -1)
+    assert torch.equal(fused, sep)
 
 
 def _reference_linear(x, packed, bias=None):
@@ -68,19 +137,20 @@ class _Reference(Int8Weights):
         head = super()._head(slot, mods)
         if self.head_mode != "int8":
             return head
-        packed, _ = _pack(*[t.detach() if t is not None else None for t in (self.hf.lm_head.weight, None)], None)
+        packed = quantize(self.hf.lm_head.weight, None, self.kernel)
         return lambda h: _reference_linear(h, packed)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("head", ["fp32", "int8"])
-def test_runner_int8_decode_equals_the_reference_product(head):
+def test_runner_int8_decode_equals_the_reference_product(head, kernel):
     # the whole runner: prefill fp32 (bitwise the fp32 runner's), decode steps through the int8
     # copies (== the reference product within 1e-4 of the logits' scale), the head as asked
     model = tiny_llama(attention_bias=True)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    q = Int8Weights(model, head=head)
-    ref_q = _Reference(model, head=head)
+    q = Int8Weights(model, head=head, kernel=kernel)
+    ref_q = _Reference(model, head=head, kernel=kernel)
     nxt = torch.tensor([3, 4, 5, 6])
     with torch.no_grad():
         fp32 = LlamaRunner(model, 4, ids.shape[1] + 2)
@@ -104,15 +174,18 @@ def test_bf16_head_is_the_bf16_product():
     w = model.lm_head.weight.detach()
     ref = h.bfloat16().float() @ w.bfloat16().float().t()
     assert (q.head(h) - ref).abs().max() <= 2 ** -8 * ref.abs().max()
+    # on oneDNN's reordered bf16 weights where it has them: bitwise the plain bf16 product
+    assert torch.equal(q.head(h), F.linear(h.bfloat16(), w.bfloat16()).float())
 
 
-def test_refresh_after_an_optimizer_step_sees_the_new_weights():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_refresh_after_an_optimizer_step_sees_the_new_weights(kernel):
     # torch's fused AdamW (the one training.make_optimizer builds) does not bump the parameters'
     # version counters: trainable weights must be re-packed at every refresh anyway
     from rlhfkit.training import make_optimizer
 
     model = tiny_llama().train()
-    q = Int8Weights(model)
+    q = Int8Weights(model, kernel=kernel)
     old, _ = dequantized(q.layers[0][9][0])
     opt = make_optimizer(model, 0.05, 0.0)
     model(input_ids=torch.tensor([PROMPTS[0]])).logits.sum().backward()
@@ -124,23 +197,45 @@ def test_refresh_after_an_optimizer_step_sees_the_new_weights():
     assert (new - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6  # half a step of the row's scale
 
 
-def test_refresh_repacks_only_what_changed_among_frozen_weights():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_refresh_repacks_only_what_changed_among_frozen_weights(kernel):
     model = tiny_llama().requires_grad_(False)  # frozen, as LoRA's base weights
-    q = Int8Weights(model)
+    q = Int8Weights(model, kernel=kernel)
     before = [list(layer) for layer in q.layers]
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(2.0)  # an in-place write bumps the version
     assert q.refresh() >= 0
-    # slot order in a layer tuple: 2 qkv, 4 (o, None), 7 gate, 8 up, 9 down
+    # slot order in a layer tuple: 2 qkv, 4 (o, None), 7 (gate and up fused, None), 8 (None, None), 9 down
     assert q.layers[1][9][0] is not before[1][9][0]
     dq, _ = dequantized(q.layers[1][9][0])
     w = model.model.layers[1].mlp.down_proj.weight
     assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
     for i, layer in enumerate(q.layers):
         assert layer[2] is before[i][2]  # not re-packed
-        for j in (4, 7, 8, 9):
+        assert layer[8] == (None, None)
+        for j in (4, 7, 9):
             if (i, j) != (1, 9):
                 assert layer[j][0] is before[i][j][0], (i, j)
+
+
+def test_packing_on_two_threads_equals_one():
+    # refresh packs fbgemm's copies on torch.get_num_threads() Python threads: the same copies,
+    # in the same slots, as packed one after another
+    model = tiny_llama()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = Int8Weights(model, head="int8", kernel="fbgemm")
+        torch.set_num_threads(2)
+        two = Int8Weights(model, head="int8", kernel="fbgemm")
+    finally:
+        torch.set_num_threads(threads)
+    h = torch.randn(3, 64)
+    for a, b in zip(one.layers, two.layers):
+        for j in (2, 4, 7, 9):
+            wa, wb = (a[j] if j == 2 else a[j][0]), (b[j] if j == 2 else b[j][0])
+            assert torch.equal(dequantized(wa)[0], dequantized(wb)[0]), j
+    assert torch.equal(one.head(h), two.head(h))
 
 
 def test_refresh_after_a_checkpoint_load_repacks():
@@ -178,3 +273,35 @@ def test_int8_needs_the_llama_fast_path():
         Int8Weights(tiny_gpt2())
     with pytest.raises(ValueError, match="torch backend"):
         generate(tiny_llama(), PROMPTS, max_new_tokens=2, quantized=Int8Weights(tiny_llama()), backend="hf")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_lora_copies_are_base_plus_delta_and_follow_the_adapters(kernel):
+    # LoRA: each copy is of base + the active deltas (gate and up fused: both halves), and a
+    # change of the adapter weights (trainable) is seen by the next refresh
+    from rlhfkit.generation.llama_fast import _linear
+    from rlhfkit.models import add_lora
+
+    model = add_lora(tiny_llama(), 4, 8)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)  # peft starts B at 0: make the deltas real
+    q = Int8Weights(model, kernel=kernel)
+
+    def check():
+        mlp = q.hf.model.layers[1].mlp
+        w = torch.cat([_linear(mlp.gate_proj)[0], _linear(mlp.up_proj)[0]]).detach()
+        dq, _ = dequantized(q.layers[1][7][0])
+        assert dq.shape == w.shape
+        assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
+        return w
+
+    w0 = check()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(-1.0)
+    q.refresh()
+    w1 = check()
+    assert not torch.allclose(w0, w1)
