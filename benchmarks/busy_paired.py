@@ -54,7 +54,7 @@ def worker(model: str, threads: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arm", action="append", required=True, help="NAME=SRC:THREADS (repeat)")
+    p.add_argument("--arm", action="append", default=[], help="NAME=SRC:THREADS (repeat; two or more)")
     p.add_argument("--quiet-rounds", type=int, default=5)
     p.add_argument("--busy-rounds", type=int, default=10)
     p.add_argument("--work", default="")
@@ -63,6 +63,8 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(*a.worker)
+    if len(a.arm) < 2:
+        p.error("give two or more --arm NAME=SRC:THREADS")
     import tempfile
 
     sys.path.insert(0, str(BENCH))

@@ -170,7 +170,7 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
     # next call starts where this one left off (a call that starts under load has no quiet
     # baseline to see a jump from), and the whole call runs on that count, the runner's weight
     # reorder and the prefill too: left at the caller's 2 threads beside a busy process they
-    # took 40-550 ms a call against 35-45 ms on one (busy.py's 16 x 96 sampler, whose 1-thread
+    # took 37-545 ms a call against 31-48 ms on one (busy.py's 16 x 96 sampler, whose 1-thread
     # decode is ~1 s a call there; benchmarks/README.md, 2026-12-02). A carried state has had
     # its warm-up: the call's first measurement counts.
     carried = _TUNED.get("state")
