@@ -14,7 +14,9 @@ starts and the run goes on for --busy-s seconds. Quiet speed: the steps before t
 (the first, warm-up, left out); busy speed: every step after the one in flight at the arrival,
 probe steps included. `share` = busy / quiet of the same run; `share of best` = busy / the
 better quiet speed of the two runs (a run whose start-up probe already picked 1 thread is not
-flattered by its own slow quiet speed). Target: share of best >= 0.4 with auto.
+flattered by its own slow quiet speed). Target: share of best >= 0.4 with auto. The sampler's
+thread column is its decode's count (its tuner's, carried between calls; `2>1`: switched inside
+the call), not torch's count between calls, which `generate` restores to the caller's.
 
 The machine's other load is not controlled: quote the ratios, and `uptime` beside them.
 """
