@@ -14,7 +14,9 @@ starts and the run goes on for --busy-s seconds. Quiet speed: the steps before t
 (the first, warm-up, left out); busy speed: every step after the one in flight at the arrival,
 probe steps included. `share` = busy / quiet of the same run; `share of best` = busy / the
 better quiet speed of the two runs (a run whose start-up probe already picked 1 thread is not
-flattered by its own slow quiet speed). Target: share of best >= 0.4 with auto.
+flattered by its own slow quiet speed). Target: share of best >= 0.4 with auto. The sampler's
+thread column is its decode's count (its tuner's, carried between calls; `2>1`: switched inside
+the call), not torch's count between calls, which `generate` restores to the caller's.
 
 The machine's other load is not controlled: quote the ratios, and `uptime` beside them.
 """
@@ -98,19 +100,26 @@ def sampler_worker(model: str, progress: str, threads: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from rlhfkit import distributed
-    from rlhfkit.generation import generate
+    from rlhfkit.generation import generate, sampler
 
     m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     distributed.set_threads(m, threads)
     prompts = [[5 + i, 6, 7, 8] for i in range(16)]
     g = torch.Generator().manual_seed(0)
+
+    def decode_threads() -> int:
+        # the count the sampler's decode runs on: its tuner's (threads = 0), carried between calls;
+        # torch's own count is the caller's again after every call (generate restores it)
+        s = sampler._TUNED.get("state")
+        return torch.get_num_threads() if s is None else s.threads
+
     with open(progress, "a") as f:
         while True:
-            before, t = torch.get_num_threads(), time.perf_counter()
+            before, t = decode_threads(), time.perf_counter()
             r = generate(m, prompts, max_new_tokens=96, temperature=1.0, generator=g)
             dt = time.perf_counter() - t
             f.write(json.dumps({"time/step_s": dt, "time/tokens_per_s": float(r.mask.sum()) / dt,
-                                "time/threads": before}) + "\n")
+                                "time/threads": before, "time/threads_end": decode_threads()}) + "\n")
             f.flush()
 
 
@@ -183,8 +192,14 @@ def one_run(part: str, mode: str, d: dict, work: Path, quiet_s: float, busy_s: f
     speed = lambda rs: sum(_units(r) for r in rs) / sum(r["time/step_s"] for r in rs) if rs else 0.0
     return {"quiet": speed(quiet), "busy": speed(after), "quiet_steps": len(quiet), "busy_steps": len(after),
             "busy_wall_s": time.time() - arrival_t,
-            "threads_quiet": sorted({r.get("time/threads") for r in quiet}, key=str),
-            "threads_busy": [r.get("time/threads") for r in after]}
+            "threads_quiet": sorted({_threads(r) for r in quiet}, key=str),
+            "threads_busy": [_threads(r) for r in after]}
+
+
+def _threads(r: dict):
+    """A step's thread count; a sampler call whose tuner switched inside it: "2>1" (start>end)."""
+    t, end = r.get("time/threads"), r.get("time/threads_end", r.get("time/threads"))
+    return t if t == end else f"{t}>{end}"
 
 
 # --------------------------------------------------------------------------- main

@@ -87,6 +87,29 @@ def test_losing_periodic_probes_back_off():
     assert next_threads(ThreadState(1, probe=(2, 1.0), every=8), 3.0, 2, reprobe_every=2, max_backoff=4).every == 8
 
 
+def test_one_stalled_measurement_does_not_lift_the_baseline_into_a_probe():
+    # settled on 1 thread at 1.0; one measurement stalls (10.0: the process was descheduled for a
+    # moment) -> the baseline moves by 0.2 x the clipped 1.5 (1.0 -> 1.1), not by 0.2 x 10.0 (-> 2.8);
+    # the next ordinary 1.0 is not "a process left" (1.0 x 1.5 > 1.1): no probe of 2 threads
+    seen, s = run([10.0, 1.0], start=1, baseline=1.0)
+    assert seen == [1, 1] and s.probe is None
+    assert s.baseline == pytest.approx(0.8 * 1.1 + 0.2 * 1.0)
+    # without the clip the same numbers probed: 0.8 + 0.2 x 10.0 = 2.8 > 1.5 x 1.0
+    assert 1.0 * 1.5 < 0.8 * 1.0 + 0.2 * 10.0
+    # on 2 threads a stall is a jump (10.0 > 1.5 x 1.0): a probe of 1 thread, as before
+    assert run([10.0], start=2, baseline=1.0)[0] == [1]
+
+
+def test_a_lasting_slowdown_still_moves_the_baseline():
+    # settled on 1 thread at 1.0, then the machine gets busier (2.0 each time): the baseline climbs
+    # 1.1, 1.21, 1.331, 1.4641, 1.5713 (each step at most 1.5x); once it is over 1.5, a return to
+    # 1.0 reads as "a process left" and probes 2 threads
+    seen, s = run([2.0] * 5 + [1.0], start=1, baseline=1.0, reprobe_every=100)
+    assert seen == [1] * 5 + [2]
+    assert s.probe == (1, 1.0)
+    assert run([2.0] * 4 + [1.0], start=1, baseline=1.0, reprobe_every=100)[0] == [1] * 5  # 1.4641: not yet
+
+
 def test_one_core_never_switches():
     assert run([1.0, 9.0, 0.1], start=1, most=1)[0] == [1, 1, 1]  # not even the first-measurement probe
 
@@ -130,3 +153,49 @@ def test_pretrain_switches_threads_while_it_runs(tiny_data, tiny_tokenizer, tmp_
     pretrain.run(load_config(pretrain.Config, sets=sets))
     used = [r["time/threads"] for r in metrics(out / "metrics.jsonl")]
     assert len(used) == 40 and set(used) == {1, 2}, used
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to switch between 1 and 2 threads")
+def test_sampler_runs_the_whole_call_on_the_carried_thread_count(restore_threads, monkeypatch):
+    """threads = 0, the caller on 2 threads, the sampler's tuner settled on 1 by an earlier call:
+    the runner (its oneDNN weight reorder) and the prefill run on 1 thread too, not only the
+    decode steps; the caller's count is back after the call. Then a carried state whose first
+    measurement in a call is a jump: that measurement counts (no warm-up skip for a carried state),
+    so the decode switches to 1 thread from its second step."""
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.generation import generate, llama_fast, sampler
+    from rlhfkit.models import tiny_llama_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(512, d_model=256, n_layers=2, n_heads=4)).eval()
+    prompts = [[5 + i, 6, 7] for i in range(8)]
+    assert 2 * sum(p.numel() for p in model.parameters()) * len(prompts) >= sampler.SINGLE_THREAD_FLOPS  # tuned
+    seen: dict[str, list[int]] = {"runner": [], "prefill": [], "step": []}
+    init, prefill, step = llama_fast.LlamaRunner.__init__, llama_fast.LlamaRunner.prefill, llama_fast.LlamaRunner.step
+
+    def spy(name, f):
+        def wrapped(*a, **k):
+            seen[name].append(torch.get_num_threads())
+            return f(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(llama_fast.LlamaRunner, "__init__", spy("runner", init))
+    monkeypatch.setattr(llama_fast.LlamaRunner, "prefill", spy("prefill", prefill))
+    monkeypatch.setattr(llama_fast.LlamaRunner, "step", spy("step", step))
+    monkeypatch.setattr(sampler, "_TUNED", {"state": ThreadState(1, baseline=1e9, every=10**6)})
+    tuning.mark_auto(2)
+    torch.set_num_threads(2)
+    generate(model, prompts, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    assert seen == {"runner": [1], "prefill": [1], "step": [1] * 5}
+    assert torch.get_num_threads() == 2 and sampler._TUNED["state"].threads == 1
+
+    # every lap a measurement; settled on 2 threads at a rate no real step matches (1e-9 s): the first
+    # measurement (the second lap, after the first step) is a jump and probes 1 thread
+    monkeypatch.setattr(sampler, "TUNE_MIN_S", 0.0)
+    sampler._TUNED["state"] = ThreadState(2, baseline=1e-9, every=10**6)
+    for v in seen.values():
+        v.clear()
+    generate(model, prompts, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    assert seen["prefill"] == [2] and seen["step"][:2] == [2, 1], seen
+    assert torch.get_num_threads() == 2

@@ -50,7 +50,12 @@ def next_threads(state: ThreadState, rate: float, most: int, jump: float = 1.5, 
     is kept, the probed count only when it wins by `margin` (no flip-flopping on noise), and
     its rate is the new baseline. A probe that loses doubles `every` (up to `max_backoff` x
     reprobe_every: on a loaded machine a 2-thread probe can cost ~10 steps' time), one that
-    wins resets it. The baseline follows slow drift by an exponential average (weight 0.2).
+    wins resets it. The baseline follows slow drift by an exponential average (weight 0.2) of
+    rates clipped at `jump` x the baseline: one stalled measurement (the process descheduled
+    for a moment: 10-100x the usual rate on a shared machine) then lifts it by at most 10%
+    instead of ~3x, after which an ordinary rate on 1 thread read as "a process left" and
+    started a probe of `most` threads, which under load costs ~15 steps' time (the sampler
+    beside a busy process: 300 vs 20 ms a decode step). A lasting slowdown still moves it.
     """
     if most <= 1:
         return state
@@ -68,7 +73,8 @@ def next_threads(state: ThreadState, rate: float, most: int, jump: float = 1.5, 
     left = state.threads == 1 and rate * jump < state.baseline
     if arrived or left or state.since + 1 >= every:
         return ThreadState(1 if state.threads > 1 else most, probe=(state.threads, rate), every=every)
-    return replace(state, baseline=0.8 * state.baseline + 0.2 * rate, since=state.since + 1, every=every)
+    settled = 0.8 * state.baseline + 0.2 * min(rate, jump * state.baseline)
+    return replace(state, baseline=settled, since=state.since + 1, every=every)
 
 
 # the most threads this process may use when its stage left `threads` at 0 (auto); 0: pinned

@@ -138,6 +138,7 @@ SHARED_PREFILL = True  # prefill each distinct prompt row once (False: every row
 COMPACT_AT = 0.75  # stop stepping finished rows once at most this fraction of the rows still runs
 SINGLE_THREAD_FLOPS = 16e6  # decode steps under this many FLOPs (2 x params x batch) run on one thread
 _TUNED: dict = {}  # the thread tuner's state between generate calls (with threads = 0)
+TUNE_MIN_S = 0.25  # the sampler's tuner pools decode steps into measurements of this many seconds
 
 
 def _generate_torch(model, ids, mask, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
@@ -164,6 +165,16 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
     from rlhfkit.threads import Tuner
 
     B, P = ids.shape
+    # threads = 0 in the stage: a long decode re-probes 1 vs all threads when its step time
+    # jumps (another busy process arrived), as the training loops do (rlhfkit.threads). The
+    # next call starts where this one left off (a call that starts under load has no quiet
+    # baseline to see a jump from), and the whole call runs on that count, the runner's weight
+    # reorder and the prefill too: left at the caller's 2 threads beside a busy process they
+    # took 37-545 ms a call against 31-48 ms on one (busy.py's 16 x 96 sampler, whose 1-thread
+    # decode is ~1 s a call there; benchmarks/README.md, 2026-12-02). A carried state has had
+    # its warm-up: the call's first measurement counts.
+    carried = _TUNED.get("state")
+    tuner = Tuner.auto(min_s=TUNE_MIN_S, state=carried, skip=0 if carried is not None else 1) if tune else None
     runner = _make_runner(model, hf, B, P + max_new_tokens, quantized)
     dev = ids.device
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=dev)
@@ -185,11 +196,6 @@ def _decode(model, hf, ids, mask, *, max_new_tokens, temperature, top_p, top_k, 
     pad = torch.tensor(pad_token_id, device=dev)
     live = torch.arange(B, device=dev)  # the batch row of each row the runner still steps
     steps = 0
-    # threads = 0 in the stage: a long decode re-probes 1 vs all threads when its step time
-    # jumps (another busy process arrived), as the training loops do (rlhfkit.threads); the
-    # next call starts where this one left off (a call that starts under load has no quiet
-    # baseline to see a jump from)
-    tuner = Tuner.auto(min_s=0.25, state=_TUNED.get("state")) if tune else None
     work = cdf_workspace(B, logits.shape[-1], logits) if top_k <= 0 and top_p >= 1.0 and temperature > 0 else None
     for t in range(max_new_tokens):
         tok, lp = sample_next(logits, temperature, top_p, top_k, generator, work)
