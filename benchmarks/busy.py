@@ -205,6 +205,13 @@ def _threads(r: dict):
 # --------------------------------------------------------------------------- main
 
 
+def stop(hog, workers) -> None:
+    """Kill and reap the busy process (None: not started) and the worker processes."""
+    for w in ([hog] if hog is not None else []) + list(workers):
+        w.kill()
+        w.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default="pretrain,sft,reward,grpo,sampler")

@@ -112,12 +112,7 @@ def main() -> None:
                             res.setdefault(phase, {}).setdefault(n, {}).setdefault(str(t), []).append(
                                 json.loads(ws[n].stdout.readline()))
         finally:
-            if hog is not None:
-                hog.kill()
-                hog.wait()
-            for w in ws.values():
-                w.kill()
-                w.wait()
+            busy.stop(hog, ws.values())
     from _common import table
 
     q = lambda xs, f: sorted(xs)[int(f * (len(xs) - 1))]

@@ -104,12 +104,7 @@ def main() -> None:
                     print(phase, r, "  ".join(f"{n} {c[-1]['tokens'] / c[-1]['s']:.0f} ({c[-1]['threads']})"
                                               for n, c in res[phase].items()), flush=True)
         finally:
-            if hog is not None:
-                hog.kill()
-                hog.wait()
-            for w in ws.values():
-                w.kill()
-                w.wait()
+            busy.stop(hog, ws.values())
     sys.path.insert(0, str(BENCH))
     from _common import table
 

@@ -179,8 +179,10 @@ def _onednn_bf16(w: torch.Tensor):
     if w.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
             or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
+    from rlhfkit.generation.matmul import onednn_pack
+
     try:
-        return torch.ops.mkldnn._reorder_linear_weight(w, HEAD_PACK_ROWS)
+        return onednn_pack(w, HEAD_PACK_ROWS)
     except RuntimeError:
         return None
 
@@ -233,11 +235,10 @@ class Int8Weights:
             (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ()) or ()),
              tuple(getattr(m, "merged_adapters", ()) or ())) for m in mods)
 
-    def _q(self, slot: int, mods) -> tuple:
+    def _q(self, slot: int, mods) -> None:
         """Re-make slot `slot`'s int8 copy of the product of `mods` (nn.Linear or LoRA modules
         whose weights stack along the outputs, as q, k, v) unless `_key(mods)` is what it was at
-        the last refresh: rounded here, and (kernel "fbgemm") queued for `_pack_jobs`. -> (the
-        slot -> copy dict, slot)."""
+        the last refresh: rounded here, and (kernel "fbgemm") queued for `_pack_jobs`."""
         key = self._key(mods)
         if key is None or self._keys.get(slot) != key:
             parts = [_linear(m) for m in mods]
@@ -264,7 +265,6 @@ class Int8Weights:
                 self._packed[slot] = None
                 self._jobs.append((slot, q, scale, bias))
             self._keys[slot] = key
-        return self._packed, slot
 
     def _pack_jobs(self) -> None:
         """fbgemm's prepack of the products rounded by this refresh, on as many Python threads as
@@ -284,21 +284,22 @@ class Int8Weights:
         """Re-quantise the copies whose weights changed; -> seconds it took."""
         t0 = time.perf_counter()
         self._jobs: list[tuple] = []
-        slots = []
-        for layer in self.hf.model.layers[: self.hf.config.num_hidden_layers]:
-            at, mlp, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            for mods in ((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,), (mlp.gate_proj, mlp.up_proj),
-                         (mlp.down_proj,)):
-                slots.append(self._q(len(slots), mods)[1])
-        head_slot = len(slots)
+        layers = self.hf.model.layers[: self.hf.config.num_hidden_layers]
+        for i, layer in enumerate(layers):  # slots 4i .. 4i + 3: qkv, o, gate/up, down
+            at, mlp = layer.self_attn, layer.mlp
+            for j, mods in enumerate(((at.q_proj, at.k_proj, at.v_proj), (at.o_proj,), (mlp.gate_proj, mlp.up_proj),
+                                      (mlp.down_proj,))):
+                self._q(4 * i + j, mods)
+        head_slot = 4 * len(layers)
         if self.head_mode == "int8":
             self._q(head_slot, (self.hf.lm_head,))
-        self._pack_jobs()
+        self._pack_jobs()  # every slot now holds its copy
         p = self._packed
-        self.layers = [(n1.weight, n1.variance_epsilon, p[s], None, (p[s + 1], None), n2.weight, n2.variance_epsilon,
-                        (p[s + 2], None), (None, None), (p[s + 3], None), layer.mlp.act_fn)
-                       for layer, s in zip(self.hf.model.layers, range(0, head_slot, 4))
-                       for n1, n2 in [(layer.input_layernorm, layer.post_attention_layernorm)]]
+        self.layers = []
+        for i, layer in enumerate(layers):
+            n1, n2, s = layer.input_layernorm, layer.post_attention_layernorm, 4 * i
+            self.layers.append((n1.weight, n1.variance_epsilon, p[s], None, (p[s + 1], None), n2.weight,
+                                n2.variance_epsilon, (p[s + 2], None), (None, None), (p[s + 3], None), layer.mlp.act_fn))
         if self.head_mode != "fp32":
             self.head = self._head(head_slot, (self.hf.lm_head,))
         return time.perf_counter() - t0
@@ -324,6 +325,7 @@ class Int8Weights:
         # 0.03 s reorder per refresh)
         packed = _onednn_bf16(buf)
         if packed is not None:
-            return lambda h: torch.ops.mkldnn._linear_pointwise(h.to(torch.bfloat16), packed, bias, "none", [],
-                                                                "").float()
+            from rlhfkit.generation.matmul import onednn_linear
+
+            return lambda h: onednn_linear(h.to(torch.bfloat16), packed, bias).float()
         return lambda h: F.linear(h.to(torch.bfloat16), buf, bias).float()

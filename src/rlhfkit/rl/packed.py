@@ -61,16 +61,10 @@ _NOW = threading.local()  # .segments: the running forward's, per thread (a serv
 
 
 def _hf_segment_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **_):
-    """transformers' attention-function signature over this thread's segments (batch 1); a
-    model that runs it outside `segment_attention` gets the block mask it was given."""
+    """transformers' attention-function signature over this thread's segments (batch 1)."""
     from rlhfkit.generation.llama_fast import rows_attention
 
-    segments = getattr(_NOW, "segments", None)
-    if segments is None:  # another thread switched the shared config: its mask is the same math
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
-    out = rows_attention(query, key, value, segments, scaling, dropout if module.training else 0.0)
+    out = rows_attention(query, key, value, _NOW.segments, scaling, dropout if module.training else 0.0)
     return out.transpose(1, 2).contiguous(), None
 
 
