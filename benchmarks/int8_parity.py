@@ -8,7 +8,8 @@ Each arm runs `rlhfkit grpo` with rl_demo.py's GRPO settings (same seed, prompts
 plus its own keys. Then every arm's final policy and the SFT model are evaluated greedy on the
 same held-out prompts, and each arm's gain over SFT is printed with the paired standard error
 (rl_demo.paired_report), and each int8 arm's difference from the fp32 arm the same way. Parity
-means the int8 + TIS gain is within the paired SE of the fp32 gain. The logged mismatch
+means the int8 + TIS gain is within the paired SE of the fp32 gain. `--combine A.json B.json ...`
+pools runs with other seeds (`--set seed=N`) into one paired report. The logged mismatch
 (rollout/logprob_gap, rollout/is_capped_frac) and the step times are printed beside it.
 """
 
@@ -33,8 +34,8 @@ def main() -> None:
     from rl_demo import ALGOS, paired_eval, paired_report, read_metrics, sh
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sft", required=True)
-    p.add_argument("--world", required=True)
+    p.add_argument("--sft")
+    p.add_argument("--world")
     p.add_argument("--work", default="/tmp/int8_parity")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--eval-prompts", type=int, default=200)
@@ -42,7 +43,14 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--set", action="append", default=[], help="extra key=value for every arm")
+    p.add_argument("--combine", nargs="+", metavar="JSON", help="only pool the per-prompt results of these "
+                   "int8_parity.json files (runs with other seeds) into one paired report")
     a = p.parse_args()
+    if a.combine:
+        combine([Path(x) for x in a.combine], paired_report)
+        return
+    if not (a.sft and a.world):
+        p.error("--sft and --world are required (unless --combine)")
     work, world = Path(a.work), Path(a.world)
     work.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -76,6 +84,19 @@ def main() -> None:
         paired_report(correct, "fp32")
     (work / "int8_parity.json").write_text(json.dumps({"config": vars(a), "arms": summary,
                                                        "correct": correct}, indent=1) + "\n")
+
+
+def combine(paths: list[Path], report) -> None:
+    """Pool several runs' per-prompt correctness (same arms, other seeds) into one paired report:
+    each run's prompts are paired within that run, so the pooled lists stay aligned."""
+    runs = [json.loads(p.read_text())["correct"] for p in paths]
+    arms = [k for k in runs[0] if all(k in r for r in runs)]
+    pooled = {k: [x for r in runs for x in r[k]] for k in arms}
+    print(f"{len(runs)} runs pooled, {len(pooled[arms[0]])} paired prompt-runs; gains over the SFT model:")
+    report(pooled, "sft")
+    if "fp32" in pooled:
+        print("\neach arm against fp32 rollouts (paired):")
+        report(pooled, "fp32")
 
 
 if __name__ == "__main__":
