@@ -4,6 +4,7 @@ step, and the sampler/trainer mismatch on a real rollout (issue 14, target 2).
     OMP_NUM_THREADS=1 python benchmarks/int8_decode.py --out int8_decode.json
     python benchmarks/int8_decode.py --rows 16 --heads fp32 bf16 int8   # the LM head's options side by side
     python benchmarks/int8_decode.py --rows 16 64 --kernels int_mm fbgemm  # the int8 products' kernels
+    python benchmarks/int8_decode.py --rows 16 --attention sdpa grouped  # the decode attentions side by side
 
 SmolLM2-135M-Instruct (or `--model DIR`), one thread. Each row is an arithmetic chat prompt in
 groups of 8 (as GRPO's), sampled at temperature 1 with no eos, so every row decodes the full
@@ -13,6 +14,9 @@ tokens/s = rows x new tokens / wall time of one `generate` call (prefill include
 "int8 + requant" adds one `Int8Weights.refresh()` (what an RL step pays once per optimizer
 step) to that call: the issue's target is >= 2x fp32 at 16 rows with it. Each int8 column is a
 head x kernel (quant.KERNELS: torch._int_mm on the rounded weights, or fbgemm's prepacked ones).
+`--attention` runs every call under each decode attention in turn (llama_fast.LlamaRunner's
+DECODE_ATTENTION: "grouped", the default, on keys stored transposed; "sdpa" on the plain cache,
+what 2-31 rows decoded with before 2026-12-02, session 21), a row of figures each.
 Mismatch: one int8 rollout of `--gap-rows` rows, the trainer's fp32 logprobs of the same tokens
 (the RL update's forward); rollout/logprob_gap = mean |fp32 - int8| over the sampled tokens,
 and the share of tokens whose ratio pi_fp32 / pi_int8 exceeds each cap (TIS caps them, MIS
@@ -45,12 +49,16 @@ def prompts(tok, n: int, seed: int = 0) -> list[list[int]]:
     return out[:n]
 
 
-def timed(fn, cpu: dict | None = None, name: str = "") -> float:
-    """fn's wall seconds; with `cpu`, cpu[name] keeps the least process CPU seconds seen."""
+def timed(fn, cpu: dict | None = None, name="", every: dict | None = None) -> float:
+    """fn's wall seconds; with `cpu`, cpu[name] keeps the least process CPU seconds seen (and
+    every[name] lists each call's (wall, CPU) seconds)."""
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
+    c = time.process_time() - c0
     if cpu is not None:
-        cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - c0)
+        cpu[name] = min(cpu.get(name, float("inf")), c)
+    if every is not None:
+        every.setdefault(name, []).append((time.perf_counter() - t0, c))
     return time.perf_counter() - t0
 
 
@@ -59,6 +67,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhfkit.generation import generate
+    from rlhfkit.generation.llama_fast import LlamaRunner
     from rlhfkit.generation.quant import KERNELS, Int8Weights
     from rlhfkit.losses import IS_CORRECTIONS
     from rlhfkit.rl.rollout import Experience, response_logprobs
@@ -72,6 +81,8 @@ def main() -> None:
                    help="how the int8 runs' LM head computes (each a column beside fp32)")
     p.add_argument("--kernels", nargs="+", default=["int_mm"], choices=KERNELS,
                    help="the int8 products' kernel (each a column beside fp32)")
+    p.add_argument("--attention", nargs="+", default=["grouped"], choices=["grouped", "sdpa"],
+                   help="the decode attention(s), alternating call by call (a row of figures each)")
     p.add_argument("--gap-rows", type=int, default=32, help="0: no mismatch measurement")
     p.add_argument("--caps", nargs="+", type=float, default=[1.5, 2.0, 5.0])
     p.add_argument("--threads", type=int, default=1)
@@ -106,34 +117,47 @@ def main() -> None:
           + ", ".join(f"{h}: {t:.3f} s (cpu {refresh_cpu[h]:.3f})" for h, t in refresh.items()))
     results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "requantize_s": refresh,
                "requantize_cpu_s": refresh_cpu, "rows": {}}
-    print(f"{'rows':>5} {'head/kernel':>12} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
+    print(f"{'rows':>5} {'attention':>9} {'head/kernel':>12} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
           f"{'ratio+rq':>9} {'cpu ratio':>10} {'cpu +rq':>8}")
+    default_attention = LlamaRunner.DECODE_ATTENTION
+
+    def attention(att: str) -> None:  # what LlamaRunner reads when it is made
+        LlamaRunner.DECODE_ATTENTION = att
+
     for R in a.rows:
         ps = prompts(tok, R)
-        best = {"fp32": float("inf"), **{f"int8-{h}": float("inf") for h in quants}}
-        cpu: dict = {}
+        calls = [(att, name, quant) for att in a.attention
+                 for name, quant in (("fp32", None), *((f"int8-{h}", q) for h, q in quants.items()))]
+        best, cpu, every = {(att, name): float("inf") for att, name, _ in calls}, {}, {}
         for i in range(a.repeat):
-            for name, quant in (("fp32", None), *((f"int8-{h}", q) for h, q in quants.items())):
+            for att, name, quant in calls:
+                attention(att)
                 g = torch.Generator().manual_seed(i)
-                best[name] = min(best[name], timed(lambda ps=ps, g=g, quant=quant: generate(
+                best[att, name] = min(best[att, name], timed(lambda ps=ps, g=g, quant=quant: generate(
                     model, ps, max_new_tokens=a.new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=pad,
-                    generator=g, quantized=quant), cpu, name))
+                    generator=g, quantized=quant), cpu, (att, name), every))
+        attention(default_attention)
         n = R * a.new_tokens
-        results["rows"][R] = {"fp32_tok_s": n / best["fp32"], "fp32_cpu_s": cpu["fp32"]}
-        for h in quants:
-            t8 = best[f"int8-{h}"]
-            row = {"int8_tok_s": n / t8, "int8_requant_tok_s": n / (t8 + refresh[h])}
-            row["ratio"], row["ratio_with_requant"] = best["fp32"] / t8, \
-                row["int8_requant_tok_s"] / (n / best["fp32"])
-            # the same ratios in process CPU seconds (one thread: what a busy machine distorts least)
-            c8 = cpu[f"int8-{h}"]
-            row["cpu_s"], row["cpu_ratio"] = c8, cpu["fp32"] / c8
-            row["cpu_ratio_with_requant"] = cpu["fp32"] / (c8 + refresh_cpu[h])
-            results["rows"][R][f"head_{h}"] = row
-            print(f"{R:>5} {h:>12} {n / best['fp32']:>11.1f} {row['int8_tok_s']:>11.1f} "
-                  f"{row['int8_requant_tok_s']:>13.1f} "
-                  f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x {row['cpu_ratio']:>9.2f}x "
-                  f"{row['cpu_ratio_with_requant']:>7.2f}x", flush=True)
+        results["rows"][R] = {}
+        for att in a.attention:
+            fp32 = best[att, "fp32"]
+            res = results["rows"][R][att] = {"fp32_tok_s": n / fp32, "fp32_s": fp32, "fp32_cpu_s": cpu[att, "fp32"],
+                                             "fp32_calls_wall_cpu_s": every[att, "fp32"]}
+            for h in quants:
+                t8 = best[att, f"int8-{h}"]
+                row = {"int8_s": t8, "int8_tok_s": n / t8, "int8_requant_tok_s": n / (t8 + refresh[h]),
+                       "calls_wall_cpu_s": every[att, f"int8-{h}"]}
+                row["ratio"], row["ratio_with_requant"] = fp32 / t8, row["int8_requant_tok_s"] / (n / fp32)
+                # the same ratios in process CPU seconds (one thread: what a busy machine distorts least)
+                c8 = cpu[att, f"int8-{h}"]
+                row["cpu_s"], row["cpu_ratio"] = c8, cpu[att, "fp32"] / c8
+                row["cpu_ratio_with_requant"] = cpu[att, "fp32"] / (c8 + refresh_cpu[h])
+                res[f"head_{h}"] = row
+                print(f"{R:>5} {att:>9} {h:>12} {n / fp32:>11.1f} {row['int8_tok_s']:>11.1f} "
+                      f"{row['int8_requant_tok_s']:>13.1f} "
+                      f"{row['ratio']:>5.2f}x {row['ratio_with_requant']:>8.2f}x {row['cpu_ratio']:>9.2f}x "
+                      f"{row['cpu_ratio_with_requant']:>7.2f}x  (best s: fp32 {fp32:.3f} / cpu {cpu[att, 'fp32']:.3f}, "
+                      f"int8 {t8:.3f} / cpu {c8:.3f})", flush=True)
 
     # the mismatch on a real rollout: int8 samples (with eos: real lengths), fp32 trainer logprobs
     from rlhfkit.models import eos_token_ids

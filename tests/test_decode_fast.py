@@ -153,3 +153,39 @@ def test_greedy_with_grouped_decode_attention_matches_hf_generate(matmul, monkey
     assert ref.finished.tolist() == [False, False, True, False]
     assert ours.tokens.tolist() == ref.tokens.tolist() and ours.mask.tolist() == ref.mask.tolist()
     assert torch.allclose(ours.logprobs, ref.logprobs, atol=1e-4)
+
+
+def test_transposed_key_cache_steps_match_the_plain_cache(monkeypatch):
+    # the grouped attention's runner stores each layer's keys transposed ((B, Hkv, hd, L) memory,
+    # indexed as (B, Hkv, L, hd)); the steps, through the shared-prompt prefill's cache copies
+    # and a compaction (keep), must match a plain-layout runner's (SDPA's) and HF's forward
+    model = tiny_llama()  # 4 query heads over 2 kv heads
+    ids, mask = left_pad(PROMPTS, pad_token_id=0)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    rows = torch.tensor([0, 1, 1, 2, 3, 3])  # rows 1 and 3 twice: the prefill copies their cache
+    outs = {}
+    with torch.no_grad():
+        for attention in ("sdpa", "grouped"):
+            monkeypatch.setattr(LlamaRunner, "DECODE_ATTENTION", attention)
+            r = LlamaRunner(model, 6, ids.shape[1] + 4, matmul="torch")
+            k = r.k_cache[0]
+            assert k.shape == (6, 2, ids.shape[1] + 4, r.hd)
+            assert (k.stride(-1) == 1) == (attention == "sdpa")  # transposed storage for grouped
+            logits = [r.prefill(ids, mask, pos, rows)]
+            p = mask.long().sum(-1)[rows]
+            toks = [torch.tensor([3, 4, 5, 6, 7, 8]), torch.tensor([9, 10, 11, 12, 13, 14])]
+            for tok in toks:
+                logits.append(r.step(tok, p))
+                p = p + 1
+            r.keep(torch.tensor([1, 2, 5]))  # three rows on
+            logits.append(r.step(torch.tensor([15, 16, 17]), p[[1, 2, 5]]))
+            outs[attention] = logits
+        ref_ids = torch.cat([ids[rows], torch.stack(toks, 1)], 1)
+        ref_mask = torch.cat([mask[rows], torch.ones(6, 2, dtype=torch.bool)], 1)
+        ref_ids = torch.cat([ref_ids[[1, 2, 5]], torch.tensor([[15], [16], [17]])], 1)
+        ref_mask = torch.cat([ref_mask[[1, 2, 5]], torch.ones(3, 1, dtype=torch.bool)], 1)
+        ref = model(input_ids=ref_ids, attention_mask=ref_mask.long(),
+                    position_ids=(ref_mask.long().cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    for a, b in zip(outs["grouped"], outs["sdpa"]):
+        assert (a - b).abs().max() < 3e-5  # logits up to ~10: ~1e-6 relative, fp32 sums reordered
+    assert (outs["grouped"][-1] - ref).abs().max() < 1e-4

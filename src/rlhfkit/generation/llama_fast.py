@@ -73,7 +73,9 @@ def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     The g query heads of a kv head become the rows of one (g, D) x (D, L) product, so K and V
     are read once per kv head. Why not SDPA: its CPU flash kernel spends ~1.5 ms a layer here
     (SmolLM2-135M, 64 rows, one thread: 9 heads x ~40 keys of work that is ~0.1 ms of
-    arithmetic); softmax(q k^T / sqrt(D) + bias) v is its math, agreeing to ~1e-6."""
+    arithmetic); softmax(q k^T / sqrt(D) + bias) v is its math, agreeing to ~1e-6. k and v
+    may have any strides whose (B, Hkv) dims merge into one: a cache view, plain or with the
+    keys stored transposed as LlamaRunner.allocate keeps them (q k^T then reads K^T's rows)."""
     B, Hkv, L, D = k.shape
     g = q.shape[1] // Hkv
     s = torch.baddbmm(bias, q.reshape(B * Hkv, g, D), k.reshape(B * Hkv, L, D).transpose(1, 2), alpha=D ** -0.5)
@@ -125,9 +127,13 @@ class LlamaRunner:
 
     PREFILL_TOKENS = 256  # prompt tokens per chunk of the prefill (see prefill)
     DECODE_ATTENTION = "grouped"  # a decode step's attention: grouped_decode_attention, or "sdpa"
-    # ... grouped from this many rows on: SmolLM2-135M, one thread, steps side by side: 64 rows
-    # 0.96-0.98x SDPA's step time, 16 rows 1.00x, one row 1.04x
-    GROUPED_MIN_ROWS = 32
+    # ... grouped from this many rows on (SDPA below). With the grouped attention the key cache
+    # is kept transposed (see allocate), and then grouped is the faster at every row count:
+    # SmolLM2-135M's decode attention, 30 layers' caches at 70 keys, one thread (2026-12-02,
+    # session 21): 1 row 0.026-0.039 ms a layer vs SDPA's 0.046-0.050, 16 rows 0.28-0.36 vs
+    # 0.38-0.44, 64 rows 1.16-1.18 vs 1.38-1.59. (On a plain key cache, 2026-12-02: 64 rows
+    # 0.96-0.98x SDPA's step time, 16 rows 1.00x, one row 1.04x; the threshold was 32.)
+    GROUPED_MIN_ROWS = 1
 
     def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None,
                  pack_rows: int | None = None):
@@ -175,7 +181,17 @@ class LlamaRunner:
         cos, sin = self._rotary(self.embed[:1][None], torch.arange(max_len, device=dev)[None])
         self.cos, self.sin = cos[0].to(dt), signed_sin(sin[0].to(dt))  # (max_len, hd)
         shape = (batch, self.Hkv, max_len, self.hd)
-        self.k_cache = [torch.empty(shape, device=dev, dtype=dt) for _ in self.layers]
+        # each layer's keys as (batch, Hkv, max_len, hd), indexed as such everywhere; for the
+        # grouped decode attention they are stored transposed ((batch, Hkv, hd, max_len) memory),
+        # so its q k^T is a plain (g, hd) x (hd, L) product over contiguous rows of K^T instead
+        # of MKL's transposed-operand path for a 3-row product (one layer's scores at 16 rows,
+        # cache-resident: 0.031 vs 0.091 ms). SDPA reads such keys ~5x slower (its kernel wants
+        # hd innermost), so "sdpa" keeps the plain layout. Same numbers either way (a layout).
+        kt = self.DECODE_ATTENTION == "grouped"
+        kshape = (batch, self.Hkv, self.hd, max_len) if kt else shape
+        self.k_cache = [torch.empty(kshape, device=dev, dtype=dt) for _ in self.layers]
+        if kt:
+            self.k_cache = [k.transpose(2, 3) for k in self.k_cache]
         self.v_cache = [torch.empty(shape, device=dev, dtype=dt) for _ in self.layers]
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=dev)
         self.n = 0  # filled cache slots

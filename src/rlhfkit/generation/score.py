@@ -27,6 +27,9 @@ class FrozenScorer:
     def __init__(self, model):
         self.key = self.version(model)
         self.runner = LlamaRunner(model, 1, 2, matmul="onednn", pack_rows=ROWS)
+        # it never decodes: its caches (allocate) keep the plain key layout that SDPA over the
+        # segments reads, not the grouped decode attention's transposed keys
+        self.runner.DECODE_ATTENTION = "sdpa"
 
     @staticmethod
     def fits(model) -> bool:
