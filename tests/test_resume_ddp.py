@@ -19,7 +19,7 @@ def _sets(items):
 
 def _pretrain_args(tiny_data, tiny_tokenizer, out, steps):
     return ["pretrain", *_sets([f"data={tiny_data['corpus']}", f"tokenizer={tiny_tokenizer}", f"out={out}",
-                                f"max_steps={steps}", "save_every=3", *TINY_PRETRAIN])]
+                                f"max_steps={steps}", "save_every=3", "threads=1", *TINY_PRETRAIN])]
 
 
 def test_sigkill_then_rerun_is_bitwise_identical(tiny_data, tiny_tokenizer, tmp_path):
@@ -49,7 +49,11 @@ def test_sigkill_then_rerun_is_bitwise_identical(tiny_data, tiny_tokenizer, tmp_
 
 def test_sft_lora_resume_is_exact(tiny_data, tiny_base, tmp_path):
     base = ["sft", *_sets([f"model={tiny_base}", f"data={tiny_data['sft']}", "batch_size=8", "micro_batch_size=4",
-                           "save_every=2", "lora=true", "lora_r=4", "learning_rate=1e-2", "log_every=1"])]
+                           "save_every=2", "lora=true", "lora_r=4", "learning_rate=1e-2", "log_every=1",
+                           # pinned: two separate runs compared bitwise must run the same thread
+                           # count, and a start-up probe of a model this small picks 1 or 2 by noise
+                           # (seen: the straight run on 1, the resumed one on 2, step 5 off by 1e-6)
+                           "threads=1"])]
     rlhfkit(*base, "--set", f"out={tmp_path / 'a'}", "--set", "max_steps=6")
     # stop at step 4 (a clean stop is a kill after the checkpoint), then ask for 6 again
     rlhfkit(*base, "--set", f"out={tmp_path / 'b'}", "--set", "max_steps=6", "--set", "save_every=2",

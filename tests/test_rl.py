@@ -189,7 +189,7 @@ def test_ppo_two_processes_match_one(ppo_one, tmp_path):
 
 def _grpo_args(tiny_base, rl_data, out, steps=4):
     return ["grpo", *common(tiny_base, rl_data, out, steps), *sets("reward=math+format", "save_every=2",
-                                                                     "loss_reduction=token", "ppo_epochs=2")]
+                                                                     "loss_reduction=token", "ppo_epochs=2", "threads=1")]
 
 
 def test_grpo_sigkill_resume_is_exact(tiny_base, rl_data, tmp_path):
