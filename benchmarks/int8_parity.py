@@ -47,7 +47,7 @@ def main() -> None:
                    "int8_parity.json files (runs with other seeds) into one paired report")
     a = p.parse_args()
     if a.combine:
-        combine([Path(x) for x in a.combine], paired_report)
+        combine([Path(x) for x in a.combine])
         return
     if not (a.sft and a.world):
         p.error("--sft and --world are required (unless --combine)")
@@ -86,9 +86,11 @@ def main() -> None:
                                                        "correct": correct}, indent=1) + "\n")
 
 
-def combine(paths: list[Path], report) -> None:
+def combine(paths: list[Path]) -> None:
     """Pool several runs' per-prompt correctness (same arms, other seeds) into one paired report:
     each run's prompts are paired within that run, so the pooled lists stay aligned."""
+    from rl_demo import paired_report as report
+
     runs = [json.loads(p.read_text())["correct"] for p in paths]
     arms = [k for k in runs[0] if all(k in r for r in runs)]
     pooled = {k: [x for r in runs for x in r[k]] for k in arms}

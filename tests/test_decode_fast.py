@@ -36,16 +36,14 @@ def test_grouped_decode_attention_is_sdpa_on_expanded_kv(heads, kv_heads):
     assert torch.equal(grouped_decode_attention(q, k, v2, bias.view(B * kv_heads, rep, L)), ours)
 
 
-def test_runner_steps_agree_with_each_decode_attention(monkeypatch):
-    monkeypatch.setattr(LlamaRunner, "GROUPED_MIN_ROWS", 1)  # grouped at 4 rows too
+def test_runner_steps_agree_with_each_decode_attention():
     model = tiny_llama()  # 4 query heads over 2 kv heads
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     outs = {}
     with torch.no_grad():
         for attention in ("sdpa", "grouped"):
-            r = LlamaRunner(model, 4, ids.shape[1] + 3, matmul="torch")
-            r.DECODE_ATTENTION = attention
+            r = LlamaRunner(model, 4, ids.shape[1] + 3, matmul="torch", attention=attention)
             r.prefill(ids, mask, pos)
             p, steps = mask.long().sum(-1), []
             for tok in ([3, 4, 5, 6], [7, 8, 9, 10], [11, 12, 13, 14]):
@@ -143,7 +141,6 @@ def test_greedy_with_grouped_decode_attention_matches_hf_generate(matmul, monkey
 
     if matmul == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("needs oneDNN")
-    monkeypatch.setattr(LlamaRunner, "GROUPED_MIN_ROWS", 1)
     monkeypatch.setattr(sampler, "MATMUL", matmul)
     monkeypatch.setattr(sampler, "COMPACT_AT", 0.95)  # row 2 ends at its 4th token (eos 7): 3 rows step on
     model = tiny_llama()

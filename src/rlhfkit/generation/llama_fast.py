@@ -126,18 +126,20 @@ class LlamaRunner:
     """
 
     PREFILL_TOKENS = 256  # prompt tokens per chunk of the prefill (see prefill)
-    DECODE_ATTENTION = "grouped"  # a decode step's attention: grouped_decode_attention, or "sdpa"
-    # ... grouped from this many rows on (SDPA below). With the grouped attention the key cache
-    # is kept transposed (see allocate), and then grouped is the faster at every row count:
-    # SmolLM2-135M's decode attention, 30 layers' caches at 70 keys, one thread (2026-12-02,
-    # session 21): 1 row 0.026-0.039 ms a layer vs SDPA's 0.046-0.050, 16 rows 0.28-0.36 vs
-    # 0.38-0.44, 64 rows 1.16-1.18 vs 1.38-1.59. (On a plain key cache, 2026-12-02: 64 rows
-    # 0.96-0.98x SDPA's step time, 16 rows 1.00x, one row 1.04x; the threshold was 32.)
-    GROUPED_MIN_ROWS = 1
+    # a decode step's attention (the default of __init__'s `attention`): grouped_decode_attention
+    # on a key cache kept transposed (see allocate), or "sdpa" on a plain one. Grouped is the
+    # faster at every row count: SmolLM2-135M's decode attention, 30 layers' caches at 70 keys,
+    # one thread (2026-12-02, session 21): 1 row 0.026-0.039 ms a layer vs SDPA's 0.046-0.050,
+    # 16 rows 0.28-0.36 vs 0.38-0.44, 64 rows 1.16-1.18 vs 1.38-1.59. (On a plain key cache,
+    # 2026-12-02: 64 rows 0.96-0.98x SDPA's step time, 16 rows 1.00x, one row 1.04x; SDPA ran
+    # below 32 rows then.)
+    DECODE_ATTENTION = "grouped"
 
     def __init__(self, hf, batch: int, max_len: int, quantized=None, matmul: str | None = None,
-                 pack_rows: int | None = None):
-        """pack_rows: the rows of the products the packed weights are laid out for (default: batch)."""
+                 pack_rows: int | None = None, attention: str | None = None):
+        """pack_rows: the rows of the products the packed weights are laid out for (default: batch);
+        attention: the decode steps' attention and so the key cache's layout (default:
+        DECODE_ATTENTION; "sdpa" for a runner that only prefills, as score.FrozenScorer)."""
         from torch import nn
 
         cfg, m = hf.config, hf.model
@@ -171,6 +173,7 @@ class LlamaRunner:
         w, b = _linear(hf.lm_head)
         self.lm_head = (w if self.mm.pack is None else self.mm.pack(w, rows), b)
         self._rotary = m.rotary_emb
+        self.attention = attention or self.DECODE_ATTENTION
         self.allocate(batch, max_len)
 
     def allocate(self, batch: int, max_len: int) -> None:
@@ -187,7 +190,7 @@ class LlamaRunner:
         # of MKL's transposed-operand path for a 3-row product (one layer's scores at 16 rows,
         # cache-resident: 0.031 vs 0.091 ms). SDPA reads such keys ~5x slower (its kernel wants
         # hd innermost), so "sdpa" keeps the plain layout. Same numbers either way (a layout).
-        kt = self.DECODE_ATTENTION == "grouped"
+        kt = self.attention == "grouped"
         kshape = (batch, self.Hkv, self.hd, max_len) if kt else shape
         self.k_cache = [torch.empty(kshape, device=dev, dtype=dt) for _ in self.layers]
         if kt:
@@ -318,7 +321,7 @@ class LlamaRunner:
         self.key_mask[:R, self.n] = True
         quant = self.quant is not None
         mask, bias, L = self.key_mask[:R, None, None, : self.n + 1], None, self.n + 1
-        if self.DECODE_ATTENTION == "grouped" and R >= self.GROUPED_MIN_ROWS:  # its additive bias, built once
+        if self.attention == "grouped":  # its additive bias, built once
             g = self.H // self.Hkv
             bias = torch.zeros(R, self.Hkv, g, L, device=tok.device, dtype=self.embed.dtype)
             bias = bias.masked_fill_(~mask, float("-inf")).view(R * self.Hkv, g, L)

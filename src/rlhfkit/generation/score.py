@@ -26,10 +26,9 @@ ROWS = 512  # the products' rows the weights are laid out for (16 rows x ~30 tok
 class FrozenScorer:
     def __init__(self, model):
         self.key = self.version(model)
-        self.runner = LlamaRunner(model, 1, 2, matmul="onednn", pack_rows=ROWS)
         # it never decodes: its caches (allocate) keep the plain key layout that SDPA over the
         # segments reads, not the grouped decode attention's transposed keys
-        self.runner.DECODE_ATTENTION = "sdpa"
+        self.runner = LlamaRunner(model, 1, 2, matmul="onednn", pack_rows=ROWS, attention="sdpa")
 
     @staticmethod
     def fits(model) -> bool:
