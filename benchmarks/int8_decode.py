@@ -85,6 +85,10 @@ def main() -> None:
                    help="the decode attention(s), alternating call by call (a row of figures each)")
     p.add_argument("--gap-rows", type=int, default=32, help="0: no mismatch measurement")
     p.add_argument("--caps", nargs="+", type=float, default=[1.5, 2.0, 5.0])
+    p.add_argument("--patch", nargs="+", default=["on"], choices=["on", "off"],
+                   help="fbgemm: refreshes patch the changed values in place (on) or repack every weight (off)")
+    p.add_argument("--step-lr", type=float, default=1e-5,
+                   help="what each timed refresh follows: every weight moved by +-this (an AdamW step at this lr)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="")
     a = p.parse_args()
@@ -94,29 +98,39 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    def bump():  # what an optimizer step does to every parameter's version: all copies are stale
+    gen = torch.Generator().manual_seed(0)
+
+    def bump():  # an AdamW step's size: every weight moves by +-step_lr (Adam's first steps: |m / sqrt(v)| ~ 1)
         with torch.no_grad():
             for prm in model.parameters():
-                prm.mul_(1.0)
+                prm.add_(torch.randint(0, 2, prm.shape, generator=gen).float().mul_(2).sub_(1), alpha=a.step_lr)
 
     quants, refresh, refresh_cpu = {}, {}, {}
     for head in a.heads:
         for kernel in a.kernels:
-            quants[h := f"{head}/{kernel}"] = Int8Weights(model, head=head, kernel=kernel)
+            for patch in (a.patch if kernel == "fbgemm" else ["off"]):
+                h = f"{head}/{kernel}" + ("/repack" if kernel == "fbgemm" and patch == "off" else "")
+                quants[h] = Int8Weights(model, head=head, kernel=kernel, patch=patch == "on")
+    changed = {}  # h -> share of the int8 values a patched refresh rewrote (one step's change)
     for h in quants:
         refresh[h], refresh_cpu[h] = [], []
-    for _ in range(3):  # alternating, median of 3
+    n_int8 = sum(prm.numel() for layer in model.model.layers for prm in layer.parameters() if prm.dim() == 2)
+    for _ in range(3):  # one step's bump, then every copy refreshes; median of 3
+        bump()
         for h, q in quants.items():
-            bump()
             c0 = time.process_time()
             refresh[h].append(q.refresh())
             refresh_cpu[h].append(time.process_time() - c0)
+            changed.setdefault(h, []).append(q.patched_values / n_int8)
     refresh = {h: sorted(t)[1] for h, t in refresh.items()}
     refresh_cpu = {h: sorted(t)[1] for h, t in refresh_cpu.items()}
-    print(f"{what}, {a.threads} thread(s), {a.new_tokens} new tokens; re-quantise (all layers): "
-          + ", ".join(f"{h}: {t:.3f} s (cpu {refresh_cpu[h]:.3f})" for h, t in refresh.items()))
-    results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "requantize_s": refresh,
-               "requantize_cpu_s": refresh_cpu, "rows": {}}
+    changed = {h: sorted(c)[1] for h, c in changed.items() if quants[h]._patch is not None}
+    print(f"{what}, {a.threads} thread(s), {a.new_tokens} new tokens; re-quantise (all layers) after a step of "
+          f"+-{a.step_lr:g}: " + ", ".join(f"{h}: {t:.3f} s (cpu {refresh_cpu[h]:.3f}"
+                                           + (f"; {changed[h]:.3%} of int8 values patched" if h in changed else "")
+                                           + ")" for h, t in refresh.items()))
+    results = {"model": what, "threads": a.threads, "new_tokens": a.new_tokens, "step_lr": a.step_lr,
+               "requantize_s": refresh, "requantize_cpu_s": refresh_cpu, "patched_share": changed, "rows": {}}
     print(f"{'rows':>5} {'attention':>9} {'head/kernel':>12} {'fp32 tok/s':>11} {'int8 tok/s':>11} {'int8+requant':>13} {'ratio':>6} "
           f"{'ratio+rq':>9} {'cpu ratio':>10} {'cpu +rq':>8}")
     default_attention = LlamaRunner.DECODE_ATTENTION

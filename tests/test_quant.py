@@ -205,8 +205,10 @@ def test_refresh_repacks_only_what_changed_among_frozen_weights(kernel):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(2.0)  # an in-place write bumps the version
     assert q.refresh() >= 0
+    assert q.remade == [4 * 1 + 3]  # layer 1's down_proj, and nothing else
     # slot order in a layer tuple: 2 qkv, 4 (o, None), 7 (gate and up fused, None), 8 (None, None), 9 down
-    assert q.layers[1][9][0] is not before[1][9][0]
+    if q._patch is None:  # re-packed: a new copy (patched: the same one, rewritten in place)
+        assert q.layers[1][9][0] is not before[1][9][0]
     dq, _ = dequantized(q.layers[1][9][0])
     w = model.model.layers[1].mlp.down_proj.weight
     assert (dq - w).abs().max() <= w.abs().amax(1).max() / 127 / 2 + 1e-6
@@ -305,3 +307,98 @@ def test_lora_copies_are_base_plus_delta_and_follow_the_adapters(kernel):
     q.refresh()
     w1 = check()
     assert not torch.allclose(w0, w1)
+
+
+def _patcher_or_skip():
+    import shutil
+
+    from rlhfkit.generation.int8_patch import patcher, reason
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: int8 refreshes repack (the in-place patch needs one to build)")
+    assert patcher() is not None, reason()  # with a compiler it must build and pass its self-test
+    return patcher()
+
+
+def test_patch_op_leaves_the_packed_weight_a_fresh_prepack_of_the_new_rounding():
+    from rlhfkit.generation.quant import fbgemm_pack
+
+    op = _patcher_or_skip()
+    g = torch.Generator().manual_seed(3)
+    for n, k, bias in ((64, 40, False), (96, 67, True)):  # K not a multiple of 8 or of fbgemm's blocks
+        w = torch.randn(n, k, generator=g)
+        b = torch.randn(n, generator=g) if bias else None
+        q0, s0, q1, s1 = (torch.empty(n, k, dtype=torch.int8), torch.empty(n),
+                          torch.empty(n, k, dtype=torch.int8), torch.empty(n))
+        scratch = torch.empty(n * k)
+        _round_into(w, q0, s0, scratch)
+        packed = fbgemm_pack(q0, s0, None if b is None else b.clone())
+        w2 = w.clone()
+        w2[::7, ::3] += 0.2  # some values move, most rows' scales too
+        _round_into(w2, q1, s1, scratch)
+        b2 = None if b is None else b - 1
+        changed = op(packed, q1, q0, s1, b2)
+        assert changed == int((q1 != q0).sum()) > 0
+        fresh = fbgemm_pack(q1, s1, b2)
+        x = torch.randn(9, k, generator=g)
+        assert torch.equal(linear(x, packed), linear(x, fresh))
+        (u, ub), (f, fb) = torch.ops.quantized.linear_unpack(packed), torch.ops.quantized.linear_unpack(fresh)
+        assert torch.equal(u.int_repr(), q1) and torch.equal(u.q_per_channel_scales(), f.q_per_channel_scales())
+        assert (ub is None) == (b is None) and (ub is None or torch.equal(ub, fb))
+
+
+def test_patched_refreshes_equal_repacked_ones_over_optimizer_steps():
+    # two sets of copies of one model, one patched in place and one repacked at each refresh:
+    # after every AdamW step every product (the int8 head's too) gives the same bits, and a patch
+    # writes only the int8 values that changed
+    from rlhfkit.training import make_optimizer
+
+    _patcher_or_skip()
+    model = tiny_llama().train()
+    patched = Int8Weights(model, head="int8", kernel="fbgemm", patch=True)
+    packed = Int8Weights(model, head="int8", kernel="fbgemm", patch=False)
+    assert patched._patch is not None and packed._patch is None
+    opt = make_optimizer(model, 0.01, 0.0)
+    h = torch.randn(5, 64)
+    for step in range(3):
+        model(input_ids=torch.tensor([PROMPTS[0]])).logits.sum().backward()
+        opt.step()
+        opt.zero_grad()
+        before = [dequantized(layer[9][0])[0] for layer in patched.layers]
+        patched.refresh()
+        packed.refresh()
+        assert sorted(patched.remade) == sorted(packed.remade) and len(patched.remade) == 9  # 2 layers x 4 + head
+        after = [dequantized(layer[9][0])[0] for layer in patched.layers]
+        assert 0 < patched.patched_values < sum(p.numel() for p in model.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(after, before)), step
+        for a, b in zip(patched.layers, packed.layers):
+            for j in (2, 4, 7, 9):
+                wa, wb = (a[j] if j == 2 else a[j][0]), (b[j] if j == 2 else b[j][0])
+                x = torch.randn(3, wa_k := dequantized(wa)[0].shape[1])
+                assert torch.equal(linear(x, wa), linear(x, wb)), (step, j, wa_k)
+        assert torch.equal(patched.head(h), packed.head(h))
+
+
+def test_patch_is_off_on_request_and_int_mm_never_patches():
+    model = tiny_llama()
+    assert Int8Weights(model, kernel="fbgemm", patch=False)._patch is None
+    assert Int8Weights(model, kernel="int_mm")._patch is None
+
+
+def test_without_the_patch_refreshes_repack_and_a_failed_build_says_why(monkeypatch, tmp_path, capsys):
+    from rlhfkit.generation import int8_patch
+
+    monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+    with pytest.raises(RuntimeError, match="compiling csrc/int8_patch.cpp failed"):
+        int8_patch._build()
+    assert not list(tmp_path.glob("ext/*"))  # no half-written library left behind
+    monkeypatch.setattr(int8_patch, "_state", {})
+    monkeypatch.setenv("RLHFKIT_INT8_PATCH", "0")
+    assert int8_patch.patcher() is None and int8_patch.reason() == "RLHFKIT_INT8_PATCH=0"
+    assert "the in-place patch is off" in capsys.readouterr().err
+    model = tiny_llama().train()
+    q = Int8Weights(model, kernel="fbgemm")
+    assert q._patch is None
+    with pytest.raises(Unsupported, match="in-place patch is unavailable"):
+        Int8Weights(model, kernel="fbgemm", patch=True)

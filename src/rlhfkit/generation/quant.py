@@ -201,7 +201,7 @@ class Int8Weights:
 
     linear = staticmethod(linear)
 
-    def __init__(self, model, head: str = "bf16", kernel: str | None = None):
+    def __init__(self, model, head: str = "bf16", kernel: str | None = None, patch: bool | None = None):
         from rlhfkit.generation.rollout import unwrap
 
         _, self.hf = unwrap(model)
@@ -213,6 +213,18 @@ class Int8Weights:
         if kernel not in KERNELS:
             raise ValueError(f"Int8Weights: kernel must be one of {', '.join(KERNELS)}")
         self.head_mode, self.kernel = head, kernel
+        # fbgemm: refreshes write only the changed values into the packed copies (int8_patch;
+        # None: where it builds and passes its self-test here), else they repack every weight
+        self._patch = None
+        if kernel == "fbgemm" and patch is not False:
+            from rlhfkit.generation.int8_patch import patcher
+
+            self._patch = patcher()
+            if patch and self._patch is None:
+                from rlhfkit.generation.int8_patch import reason
+
+                raise Unsupported(f"Int8Weights(patch=True): the in-place patch is unavailable ({reason()})")
+        self._prev: dict[int, torch.Tensor] = {}  # slot -> the rounding its packed copy holds (patching)
         self._bufs: dict[int, tuple] = {}  # slot -> (q int8, scale fp32) buffers, reused by refresh
         self._scratch = torch.empty(0)  # fp32 scratch of the rounding, reused
         self._packed: dict[int, object] = {}  # slot -> int8 copy
@@ -249,6 +261,13 @@ class Int8Weights:
                 q = torch.empty(n, k, dtype=torch.int8, device=w0.device)
                 scale = torch.empty(n, dtype=torch.float32, device=w0.device)
                 self._bufs[slot] = q, scale
+                self._prev.pop(slot, None)
+            patching = self._patch is not None and self._packed.get(slot) is not None
+            if patching:  # round into the spare buffer; the packed copy holds (and q keeps) the last rounding
+                old = q
+                q = self._prev.get(slot)
+                if q is None:
+                    q = self._prev[slot] = torch.empty_like(old)
             if self._scratch.numel() < max(w.numel() for w, _ in parts) or self._scratch.device != w0.device:
                 self._scratch = torch.empty(max(w.numel() for w, _ in parts), dtype=torch.float32, device=w0.device)
             r = 0
@@ -261,10 +280,14 @@ class Int8Weights:
                                   for w, b in parts])
             if self.kernel == "int_mm":
                 self._packed[slot] = Int8Matrix(q, scale, bias)
+            elif patching:  # the changed values into the packed copy; q becomes the one it holds
+                self._patched += self._patch(self._packed[slot], q, old, scale, bias)
+                self._bufs[slot], self._prev[slot] = (q, scale), old
             else:  # packed by refresh, once every product is rounded
                 self._packed[slot] = None
                 self._jobs.append((slot, q, scale, bias))
             self._keys[slot] = key
+            self.remade.append(slot)
 
     def _pack_jobs(self) -> None:
         """fbgemm's prepack of the products rounded by this refresh, on as many Python threads as
@@ -284,6 +307,8 @@ class Int8Weights:
         """Re-quantise the copies whose weights changed; -> seconds it took."""
         t0 = time.perf_counter()
         self._jobs: list[tuple] = []
+        self._patched = 0  # int8 values this refresh wrote into packed copies in place
+        self.remade: list[int] = []  # the slots this refresh re-quantised (4i .. 4i + 3: layer i's qkv, o, gate/up, down)
         layers = self.hf.model.layers[: self.hf.config.num_hidden_layers]
         for i, layer in enumerate(layers):  # slots 4i .. 4i + 3: qkv, o, gate/up, down
             at, mlp = layer.self_attn, layer.mlp
@@ -302,6 +327,7 @@ class Int8Weights:
                                 n2.variance_epsilon, (p[s + 2], None), (None, None), (p[s + 3], None), layer.mlp.act_fn))
         if self.head_mode != "fp32":
             self.head = self._head(head_slot, (self.hf.lm_head,))
+        self.patched_values = self._patched  # of the remade slots' int8 values, those that changed (patching)
         return time.perf_counter() - t0
 
     def _head(self, slot: int, mods):
