@@ -320,31 +320,39 @@ def _patcher_or_skip():
     return patcher()
 
 
-def test_patch_op_leaves_the_packed_weight_a_fresh_prepack_of_the_new_rounding():
+@pytest.mark.parametrize("avx2", [True, False])
+def test_requantize_op_is_torchs_rounding_and_a_fresh_prepack_of_it(avx2):
     from rlhfkit.generation.quant import fbgemm_pack
 
     op = _patcher_or_skip()
     g = torch.Generator().manual_seed(3)
-    for n, k, bias in ((64, 40, False), (96, 67, True)):  # K not a multiple of 8 or of fbgemm's blocks
+    for n, k, bias in ((64, 40, False), (96, 67, True), (16, 5, False)):  # K not a multiple of 8 or of fbgemm's blocks
         w = torch.randn(n, k, generator=g)
         b = torch.randn(n, generator=g) if bias else None
-        q0, s0, q1, s1 = (torch.empty(n, k, dtype=torch.int8), torch.empty(n),
-                          torch.empty(n, k, dtype=torch.int8), torch.empty(n))
+        q, s, want_q, want_s = (torch.empty(n, k, dtype=torch.int8), torch.empty(n),
+                                torch.empty(n, k, dtype=torch.int8), torch.empty(n))
         scratch = torch.empty(n * k)
-        _round_into(w, q0, s0, scratch)
-        packed = fbgemm_pack(q0, s0, None if b is None else b.clone())
+        _round_into(w, q, s, scratch)
+        packed = fbgemm_pack(q, s, None if b is None else b.clone())
         w2 = w.clone()
         w2[::7, ::3] += 0.2  # some values move, most rows' scales too
-        _round_into(w2, q1, s1, scratch)
+        w2[1, :3] = torch.tensor([-127.0, 0.5, 1.5])  # scale 1: ties go to even (0, 2)
+        before = q.clone()
+        _round_into(w2, want_q, want_s, scratch)
         b2 = None if b is None else b - 1
-        changed = op(packed, q1, q0, s1, b2)
-        assert changed == int((q1 != q0).sum()) > 0
-        fresh = fbgemm_pack(q1, s1, b2)
+        changed = op(packed, w2[:10].contiguous(), 0, q[:10], s[:10], None, avx2)  # two row blocks, as q/k/v
+        changed += op(packed, w2[10:].contiguous(), 10, q[10:], s[10:], b2, avx2)
+        assert torch.equal(q, want_q) and torch.equal(s, want_s)
+        assert q[1, 1] == 0 and q[1, 2] == 2
+        assert changed == int((want_q != before).sum()) > 0
+        fresh = fbgemm_pack(want_q, want_s, b2)
         x = torch.randn(9, k, generator=g)
         assert torch.equal(linear(x, packed), linear(x, fresh))
         (u, ub), (f, fb) = torch.ops.quantized.linear_unpack(packed), torch.ops.quantized.linear_unpack(fresh)
-        assert torch.equal(u.int_repr(), q1) and torch.equal(u.q_per_channel_scales(), f.q_per_channel_scales())
+        assert torch.equal(u.int_repr(), want_q) and torch.equal(u.q_per_channel_scales(), f.q_per_channel_scales())
         assert (ub is None) == (b is None) and (ub is None or torch.equal(ub, fb))
+    with pytest.raises(RuntimeError, match="not inside the packed weight"):
+        op(packed, w2[:10].contiguous(), n - 5, q[:10], s[:10], None)
 
 
 def test_patched_refreshes_equal_repacked_ones_over_optimizer_steps():

@@ -1,18 +1,21 @@
-"""An int8 refresh without fbgemm's prepack: `patcher()` -> the op that writes only the changed
-int8 values of a re-quantised weight into its fbgemm-packed copy (csrc/int8_patch.cpp), or None.
+"""An int8 refresh without fbgemm's prepack: `patcher()` -> the op that re-quantises a weight into
+its fbgemm-packed copy in place (csrc/int8_patch.cpp), or None where it is unavailable.
 
 fbgemm's prepack is ~4 ns a weight and single-threaded: ~80% of re-quantising SmolLM2-135M
-after an optimizer step, although only 0.03-0.2% of the rounded values change in one. The op
-takes the packed weight, the new and the previous rounding (both (N, K) int8) and the new
-per-channel scales, and leaves the packed weight equal to a fresh prepack of the new rounding
-(bitwise: tests/test_quant.py).
+after an optimizer step, although only 0.03-0.2% of the rounded values change in one. The op,
+`op(packed, w, row0, q, scale, bias) -> int`, rounds the fp32 rows w (n, K) exactly as
+quant._round_into does, in one pass, into q (n, K) int8, which holds the rounding the packed copy
+holds for rows row0 .. row0 + n, and writes only the values that changed into the packed buffer;
+it sets the rows' scales (into `scale` too) and column offsets, and the bias when one is given.
+The packed weight is then bitwise a fresh prepack of the new rounding (tests/test_quant.py).
+It returns how many int8 values changed.
 
 The C++ is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`) against
 torch's own headers, ~10 s, and kept under $RLHFKIT_HOME/ext keyed by the source, the torch
 version and the compiler, so later runs load it at once. Where there is no compiler, the build
-fails, fbgemm is not torch's int8 engine, or a self-test on a small weight does not reproduce a
-fresh prepack bit for bit, `patcher()` returns None, says why once (`reason()`), and the int8
-copies are packed afresh as before: slower refreshes, the same numbers.
+fails, fbgemm is not torch's int8 engine, or a self-test on a small weight does not reproduce
+torch's rounding and a fresh prepack bit for bit, `patcher()` returns None, says why once
+(`reason()`), and the int8 copies are repacked as before: slower refreshes, the same numbers.
 """
 
 from __future__ import annotations
@@ -66,22 +69,26 @@ def _build() -> Path:
 
 
 def _self_test(op) -> None:
-    """Patch a small packed weight (with a bias, an odd shape) and compare it with a fresh prepack:
-    raises AssertionError unless the unpacked values, the scales and a product agree bitwise."""
+    """Re-quantise a small packed weight (an odd shape, a bias, two row blocks as q/k/v are) and
+    compare it with torch's rounding and a fresh prepack of it: raises AssertionError unless the
+    int8 values, scales, bias and a product agree bitwise."""
     from rlhfkit.generation.quant import _round_into, fbgemm_pack
 
     g = torch.Generator().manual_seed(0)
     n, k = 37, 50
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    bufs = [(torch.empty(n, k, dtype=torch.int8), torch.empty(n)) for _ in range(2)]
-    scratch = torch.empty(n * k)
-    _round_into(w, *bufs[0], scratch)
-    packed = fbgemm_pack(bufs[0][0], bufs[0][1], b.clone())
+    w[3, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])  # scale 1: ties, to even
+    q, scale, scratch = torch.empty(n, k, dtype=torch.int8), torch.empty(n), torch.empty(n * k)
+    _round_into(w, q, scale, scratch)
+    packed = fbgemm_pack(q, scale, b.clone())
     w2 = w + 0.05 * torch.randn(n, k, generator=g)
-    _round_into(w2, *bufs[1], scratch)
-    changed = op(packed, bufs[1][0], bufs[0][0], bufs[1][1], b + 1)
-    assert changed == int((bufs[1][0] != bufs[0][0]).sum()) > 0
-    fresh = fbgemm_pack(bufs[1][0], bufs[1][1], b + 1)
+    w2[3] = w[3]
+    r = torch.empty_like(q), torch.empty(n)
+    _round_into(w2, *r, scratch)
+    changed = op(packed, w2[:20].contiguous(), 0, q[:20], scale[:20], None)
+    changed += op(packed, w2[20:].contiguous(), 20, q[20:], scale[20:], b + 1)
+    assert torch.equal(q, r[0]) and torch.equal(scale, r[1]) and 0 < changed < n * k
+    fresh = fbgemm_pack(r[0], r[1], b + 1)
     x = torch.randn(5, k, generator=g)
     (u1, b1), (u2, b2) = torch.ops.quantized.linear_unpack(packed), torch.ops.quantized.linear_unpack(fresh)
     assert torch.equal(u1.int_repr(), u2.int_repr()) and torch.equal(u1.q_per_channel_scales(), u2.q_per_channel_scales())
@@ -91,7 +98,7 @@ def _self_test(op) -> None:
 
 
 def patcher():
-    """The patch op, `op(packed, q_new, q_old, scale, bias) -> int` (values changed), or None
+    """The op, `op(packed, w, row0, q, scale, bias) -> int` (int8 values changed), or None
     where it cannot be built or trusted here (`reason()` says why). Cached per process;
     RLHFKIT_INT8_PATCH=0 turns it off."""
     if "op" in _state:
@@ -103,9 +110,9 @@ def patcher():
         reason = "torch has no fbgemm"
     else:
         try:
-            if not hasattr(torch.ops.rlhfkit_int8, "patch"):
+            if not hasattr(torch.ops.rlhfkit_int8, "requantize"):
                 torch.ops.load_library(str(_build()))
-            op = torch.ops.rlhfkit_int8.patch
+            op = torch.ops.rlhfkit_int8.requantize
             _self_test(op)
         except (RuntimeError, OSError, AssertionError, subprocess.TimeoutExpired) as e:
             op, reason = None, f"{type(e).__name__}: {e}"

@@ -213,8 +213,9 @@ class Int8Weights:
         if kernel not in KERNELS:
             raise ValueError(f"Int8Weights: kernel must be one of {', '.join(KERNELS)}")
         self.head_mode, self.kernel = head, kernel
-        # fbgemm: refreshes write only the changed values into the packed copies (int8_patch;
-        # None: where it builds and passes its self-test here), else they repack every weight
+        # fbgemm: refreshes re-quantise into the packed copies in place, writing only the values
+        # that changed (int8_patch; None: where it builds and passes its self-test here), else
+        # they repack every weight
         self._patch = None
         if kernel == "fbgemm" and patch is not False:
             from rlhfkit.generation.int8_patch import patcher
@@ -224,7 +225,6 @@ class Int8Weights:
                 from rlhfkit.generation.int8_patch import reason
 
                 raise Unsupported(f"Int8Weights(patch=True): the in-place patch is unavailable ({reason()})")
-        self._prev: dict[int, torch.Tensor] = {}  # slot -> the rounding its packed copy holds (patching)
         self._bufs: dict[int, tuple] = {}  # slot -> (q int8, scale fp32) buffers, reused by refresh
         self._scratch = torch.empty(0)  # fp32 scratch of the rounding, reused
         self._packed: dict[int, object] = {}  # slot -> int8 copy
@@ -250,7 +250,8 @@ class Int8Weights:
     def _q(self, slot: int, mods) -> None:
         """Re-make slot `slot`'s int8 copy of the product of `mods` (nn.Linear or LoRA modules
         whose weights stack along the outputs, as q, k, v) unless `_key(mods)` is what it was at
-        the last refresh: rounded here, and (kernel "fbgemm") queued for `_pack_jobs`."""
+        the last refresh: rounded here, and (kernel "fbgemm") queued for `_pack_jobs`, or, when
+        the slot has a packed copy and the in-place op is here, re-quantised into it."""
         key = self._key(mods)
         if key is None or self._keys.get(slot) != key:
             parts = [_linear(m) for m in mods]
@@ -261,31 +262,30 @@ class Int8Weights:
                 q = torch.empty(n, k, dtype=torch.int8, device=w0.device)
                 scale = torch.empty(n, dtype=torch.float32, device=w0.device)
                 self._bufs[slot] = q, scale
-                self._prev.pop(slot, None)
-            patching = self._patch is not None and self._packed.get(slot) is not None
-            if patching:  # round into the spare buffer; the packed copy holds (and q keeps) the last rounding
-                old = q
-                q = self._prev.get(slot)
-                if q is None:
-                    q = self._prev[slot] = torch.empty_like(old)
-            if self._scratch.numel() < max(w.numel() for w, _ in parts) or self._scratch.device != w0.device:
-                self._scratch = torch.empty(max(w.numel() for w, _ in parts), dtype=torch.float32, device=w0.device)
-            r = 0
-            for w, _ in parts:
-                _round_into(w, q[r:r + w.shape[0]], scale[r:r + w.shape[0]], self._scratch)
-                r += w.shape[0]
+                self._packed.pop(slot, None)
             bias = None
             if any(b is not None for _, b in parts):
                 bias = torch.cat([(torch.zeros(w.shape[0], device=w.device) if b is None else b.detach()).float()
                                   for w, b in parts])
-            if self.kernel == "int_mm":
-                self._packed[slot] = Int8Matrix(q, scale, bias)
-            elif patching:  # the changed values into the packed copy; q becomes the one it holds
-                self._patched += self._patch(self._packed[slot], q, old, scale, bias)
-                self._bufs[slot], self._prev[slot] = (q, scale), old
-            else:  # packed by refresh, once every product is rounded
-                self._packed[slot] = None
-                self._jobs.append((slot, q, scale, bias))
+            if self._patch is not None and self._packed.get(slot) is not None:
+                # in place: q holds what the packed copy holds; each part's rows re-rounded into both
+                r = 0
+                for i, (w, _) in enumerate(parts):
+                    self._patched += self._patch(self._packed[slot], w.detach().contiguous(), r, q[r:r + w.shape[0]],
+                                                 scale[r:r + w.shape[0]], bias if i == len(parts) - 1 else None)
+                    r += w.shape[0]
+            else:
+                if self._scratch.numel() < max(w.numel() for w, _ in parts) or self._scratch.device != w0.device:
+                    self._scratch = torch.empty(max(w.numel() for w, _ in parts), dtype=torch.float32, device=w0.device)
+                r = 0
+                for w, _ in parts:
+                    _round_into(w, q[r:r + w.shape[0]], scale[r:r + w.shape[0]], self._scratch)
+                    r += w.shape[0]
+                if self.kernel == "int_mm":
+                    self._packed[slot] = Int8Matrix(q, scale, bias)
+                else:  # packed by refresh, once every product is rounded
+                    self._packed[slot] = None
+                    self._jobs.append((slot, q, scale, bias))
             self._keys[slot] = key
             self.remade.append(slot)
 
