@@ -37,8 +37,6 @@ _state: dict = {}  # "op": the loaded op or None; "reason": why None
 def _build() -> Path:
     """Compile SOURCE into a shared library under $RLHFKIT_HOME/ext (once per source, torch and
     compiler); -> its path. Raises RuntimeError with the compiler's last lines on failure."""
-    from torch.utils.cpp_extension import include_paths, library_paths
-
     from rlhfkit.models import home
 
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
@@ -51,6 +49,8 @@ def _build() -> Path:
     out = home() / "ext" / f"int8_patch-{key}.so"
     if out.exists():
         return out
+    from torch.utils.cpp_extension import include_paths, library_paths  # ~0.6 s to import: only to build
+
     out.parent.mkdir(parents=True, exist_ok=True)
     libs = library_paths()
     cmd = [cxx, *flags, *(f"-I{p}" for p in include_paths()), str(SOURCE), *(f"-L{p}" for p in libs),

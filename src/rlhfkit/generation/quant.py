@@ -16,9 +16,9 @@ layer's largest output on SmolLM2-135M. Two kernels compute it (`kernel`, agreei
 
 - "fbgemm" (default): fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`, the
   one torch.ao's dynamic quantisation uses) on its prepacked layout (`linear_prepack`, ~4 ns
-  per weight, single-threaded; it releases the GIL, so a refresh runs the prepacks on as many
-  Python threads as torch has). With reduce_range=False AVX512-VNNI accumulates u8 x s8
-  without saturating.
+  per weight, single-threaded; it releases the GIL, so a refresh that repacks runs the prepacks
+  on as many Python threads as torch has; one that patches in place skips them: below). With
+  reduce_range=False AVX512-VNNI accumulates u8 x s8 without saturating.
 - "int_mm": `torch._int_mm` (oneDNN's s8 x s8 -> s32 gemm) on the rounded weights as they
   are: x goes in as xq - 128 (int8) and (128 - zp) x each weight row's sum is added back in
   int32, so the result is the u8 x s8 product exactly. Nothing is packed: a refresh of
@@ -27,7 +27,9 @@ layer's largest output on SmolLM2-135M. Two kernels compute it (`kernel`, agreei
   CPU; 64 rows: 61 vs 44: oneDNN runs it as its gemm API on the plain weights, where fbgemm
   reads the blocked layout its prepack made), so it pays only where a refresh is followed by
   fewer than ~30 decode steps of 16 rows (16 rows x 48 tokens: 1.38x fp32 with its refresh,
-  fbgemm 1.49x, in CPU seconds; 2026-12-02, benchmarks/README.md).
+  fbgemm 1.49x, in CPU seconds; 2026-12-02, benchmarks/README.md) and fbgemm's refresh must
+  repack; with fbgemm's copies patched in place (session 22) int_mm's 0.31 s refresh is the
+  slower one too (fbgemm 0.17 s; 16 x 48 with the refresh: int_mm 1.72x fp32, fbgemm 2.09x).
   oneDNN's own int8 linear (torch.ops.onednn.qlinear_prepack / qlinear_pointwise, inductor's)
   does not help either: its prepack is as slow as fbgemm's (3.2 ms for 960 x 576), its 16-row
   products slower, and it crashes on an unpacked weight.
@@ -52,13 +54,14 @@ products' (tested); q, k and v were one already.
 A refresh re-quantises every copy made from a trainable tensor (full fine-tuning: all of
 them; LoRA: the adapted layers) and, of the frozen ones, those whose version counter moved
 (load_state_dict; a write through `.data` does not count, so do not update frozen weights
-that way), rounding each into the int8 buffer it had (reused, as is one fp32 scratch), then
-packs them (fbgemm). Its cost is counted in each RL step (time/quantize_s): SmolLM2-135M, one
-thread, 0.54 s against 0.71 s before 2026-12-02 (same run; ~80% of it is the prepack), about
-what 11-16 of a 48-token 16-row rollout's decode steps save over fp32. Skipping copies whose int8 values did not
-change does not happen under full fine-tuning: after one AdamW step on SmolLM2-135M every row's
-scale moved and every one of the 120 products had changed values (0.033% of all int8 values
-at lr 1e-6, 0.21% at 1e-5).
+that way). The first time, each product is rounded into an int8 buffer (`_round_into`) and
+packed (fbgemm's prepack, ~4 ns a weight, single-threaded). After that, where the C++ op of
+`int8_patch` builds here (it needs a C++ compiler once), a refresh re-rounds each fp32 row in
+one pass straight into the packed copy, writing only the int8 values that changed (after one
+AdamW step on SmolLM2-135M every row's scale moves, yet 0.03% of the int8 values change at lr
+1e-6, 0.2% at 1e-5, 1% at 5e-5): 0.17 s of one thread against 0.79 s repacking (2026-12-02,
+session 22), bitwise the same copies; elsewhere it repacks as before. Its cost is counted in
+each RL step (time/quantize_s).
 """
 
 from __future__ import annotations
@@ -196,8 +199,10 @@ class Int8Weights:
     runner calls on them; `head` a callable h (R, D) -> logits (R, V) for the decode steps
     (head = "bf16" | "int8"), or None ("fp32": the runner's own). kernel (default KERNEL):
     "fbgemm" (fbgemm's prepacked layout) or "int_mm" (torch._int_mm on the rounded weights as
-    they are: the same numbers, a ~5x cheaper refresh, 1.8x slower products). Raises
-    Unsupported for a model the fast path cannot run."""
+    they are: the same numbers, 1.6-1.8x slower products). patch (fbgemm): refreshes re-quantise
+    into the packed copies in place (int8_patch): None where it is available here, True requires
+    it (Unsupported if not), False always repacks. Raises Unsupported for a model the fast path
+    cannot run."""
 
     linear = staticmethod(linear)
 
