@@ -312,7 +312,8 @@ def test_lora_copies_are_base_plus_delta_and_follow_the_adapters(kernel):
 def _patcher_or_skip():
     import shutil
 
-    from rlhfkit.generation.int8_patch import patcher, reason
+    from rlhfkit.generation.int8_patch import reason
+    from rlhfkit.generation.quant import patcher
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("no C++ compiler: int8 refreshes repack (the in-place patch needs one to build)")
@@ -401,9 +402,16 @@ def test_without_the_patch_refreshes_repack_and_a_failed_build_says_why(monkeypa
     with pytest.raises(RuntimeError, match="compiling csrc/int8_patch.cpp failed"):
         int8_patch._build()
     assert not list(tmp_path.glob("ext/*"))  # no half-written library left behind
+    bad = tmp_path / "not-a-library.so"
+    bad.write_text("junk")
+    with pytest.raises(RuntimeError, match="self-test of not-a-library.so failed in a child process"):
+        int8_patch._vet(bad)  # a library that fails (or crashes) in the child is never loaded here
+    assert not bad.with_suffix(".ok").exists()
     monkeypatch.setattr(int8_patch, "_state", {})
     monkeypatch.setenv("RLHFKIT_INT8_PATCH", "0")
-    assert int8_patch.patcher() is None and int8_patch.reason() == "RLHFKIT_INT8_PATCH=0"
+    from rlhfkit.generation.quant import patcher
+
+    assert patcher() is None and int8_patch.reason() == "RLHFKIT_INT8_PATCH=0"
     assert "the in-place patch is off" in capsys.readouterr().err
     model = tiny_llama().train()
     q = Int8Weights(model, kernel="fbgemm")

@@ -1,4 +1,4 @@
-"""An int8 refresh without fbgemm's prepack: `patcher()` -> the op that re-quantises a weight into
+"""An int8 refresh without fbgemm's prepack: `patcher(self_test)` -> the op that re-quantises a weight into
 its fbgemm-packed copy in place (csrc/int8_patch.cpp), or None where it is unavailable.
 
 fbgemm's prepack is ~4 ns a weight and single-threaded: ~80% of re-quantising SmolLM2-135M
@@ -13,8 +13,10 @@ It returns how many int8 values changed.
 The C++ is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`) against
 torch's own headers, ~10 s, and kept under $RLHFKIT_HOME/ext keyed by the source, the torch
 version and the compiler, so later runs load it at once. Where there is no compiler, the build
-fails, fbgemm is not torch's int8 engine, or a self-test on a small weight does not reproduce
-torch's rounding and a fresh prepack bit for bit, `patcher()` returns None, says why once
+fails, fbgemm is not torch's int8 engine, or a self-test on a small weight (first in a child
+process, once per build, so that a torch whose packed-weight layout differs from the one the C++
+declares crashes the child and not the run) does not reproduce torch's rounding and a fresh
+prepack bit for bit, `patcher()` returns None, says why once
 (`reason()`), and the int8 copies are repacked as before: slower refreshes, the same numbers.
 """
 
@@ -68,39 +70,27 @@ def _build() -> Path:
     return out
 
 
-def _self_test(op) -> None:
-    """Re-quantise a small packed weight (an odd shape, a bias, two row blocks as q/k/v are) and
-    compare it with torch's rounding and a fresh prepack of it: raises AssertionError unless the
-    int8 values, scales, bias and a product agree bitwise."""
-    from rlhfkit.generation.quant import _round_into, fbgemm_pack
-
-    g = torch.Generator().manual_seed(0)
-    n, k = 37, 50
-    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-    w[3, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])  # scale 1: ties, to even
-    q, scale, scratch = torch.empty(n, k, dtype=torch.int8), torch.empty(n), torch.empty(n * k)
-    _round_into(w, q, scale, scratch)
-    packed = fbgemm_pack(q, scale, b.clone())
-    w2 = w + 0.05 * torch.randn(n, k, generator=g)
-    w2[3] = w[3]
-    r = torch.empty_like(q), torch.empty(n)
-    _round_into(w2, *r, scratch)
-    changed = op(packed, w2[:20].contiguous(), 0, q[:20], scale[:20], None)
-    changed += op(packed, w2[20:].contiguous(), 20, q[20:], scale[20:], b + 1)
-    assert torch.equal(q, r[0]) and torch.equal(scale, r[1]) and 0 < changed < n * k
-    fresh = fbgemm_pack(r[0], r[1], b + 1)
-    x = torch.randn(5, k, generator=g)
-    (u1, b1), (u2, b2) = torch.ops.quantized.linear_unpack(packed), torch.ops.quantized.linear_unpack(fresh)
-    assert torch.equal(u1.int_repr(), u2.int_repr()) and torch.equal(u1.q_per_channel_scales(), u2.q_per_channel_scales())
-    assert torch.equal(b1, b2)
-    assert torch.equal(torch.ops.quantized.linear_dynamic(x, packed, False),
-                       torch.ops.quantized.linear_dynamic(x, fresh, False))
+def _vet(lib: Path) -> None:
+    """Run the self-test on `lib` in a child process once (a `.ok` file beside it records the pass),
+    so that a torch whose PackedLinearWeight differs from the declaration in the C++ crashes a
+    child, not the caller. Raises RuntimeError when the child fails."""
+    ok = lib.with_suffix(".ok")
+    if ok.exists():
+        return
+    code = ("import sys, torch; torch.ops.load_library(sys.argv[1]); "
+            "from rlhfkit.generation.quant import patch_self_test; patch_self_test(torch.ops.rlhfkit_int8.requantize)")
+    r = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise RuntimeError(f"the self-test of {lib.name} failed in a child process: {last}")
+    ok.write_text("self-test passed\n")
 
 
-def patcher():
+def patcher(self_test):
     """The op, `op(packed, w, row0, q, scale, bias) -> int` (int8 values changed), or None
-    where it cannot be built or trusted here (`reason()` says why). Cached per process;
-    RLHFKIT_INT8_PATCH=0 turns it off."""
+    where it cannot be built or trusted here (`reason()` says why); `self_test(op)` raises
+    AssertionError unless the op is right (quant.patch_self_test: quant.patcher() passes it).
+    Cached per process; RLHFKIT_INT8_PATCH=0 turns it off."""
     if "op" in _state:
         return _state["op"]
     op, reason = None, ""
@@ -111,9 +101,11 @@ def patcher():
     else:
         try:
             if not hasattr(torch.ops.rlhfkit_int8, "requantize"):
-                torch.ops.load_library(str(_build()))
+                lib = _build()
+                _vet(lib)
+                torch.ops.load_library(str(lib))
             op = torch.ops.rlhfkit_int8.requantize
-            _self_test(op)
+            self_test(op)
         except (RuntimeError, OSError, AssertionError, subprocess.TimeoutExpired) as e:
             op, reason = None, f"{type(e).__name__}: {e}"
     if op is None:
@@ -123,6 +115,5 @@ def patcher():
 
 
 def reason() -> str:
-    """Why `patcher()` returned None ('' when it did not)."""
-    patcher()
-    return _state["reason"]
+    """Why `patcher()` returned None ('' when it did not, or before it ran)."""
+    return _state.get("reason", "")

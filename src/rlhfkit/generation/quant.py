@@ -131,6 +131,41 @@ def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None)
     return torch.ops.quantized.linear_prepack(qw, bias)
 
 
+def patch_self_test(op) -> None:
+    """int8_patch's op checked: re-quantise a small packed weight (an odd shape, a bias, two row blocks as q/k/v are) and
+    compare it with torch's rounding and a fresh prepack of it: raises AssertionError unless the
+    int8 values, scales, bias and a product agree bitwise."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 37, 50
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    w[3, :4] = torch.tensor([127.0, 2.5, -3.5, 0.5])  # scale 1: ties, to even
+    q, scale, scratch = torch.empty(n, k, dtype=torch.int8), torch.empty(n), torch.empty(n * k)
+    _round_into(w, q, scale, scratch)
+    packed = fbgemm_pack(q, scale, b.clone())
+    w2 = w + 0.05 * torch.randn(n, k, generator=g)
+    w2[3] = w[3]
+    r = torch.empty_like(q), torch.empty(n)
+    _round_into(w2, *r, scratch)
+    changed = op(packed, w2[:20].contiguous(), 0, q[:20], scale[:20], None)
+    changed += op(packed, w2[20:].contiguous(), 20, q[20:], scale[20:], b + 1)
+    assert torch.equal(q, r[0]) and torch.equal(scale, r[1]) and 0 < changed < n * k
+    fresh = fbgemm_pack(r[0], r[1], b + 1)
+    x = torch.randn(5, k, generator=g)
+    (u1, b1), (u2, b2) = torch.ops.quantized.linear_unpack(packed), torch.ops.quantized.linear_unpack(fresh)
+    assert torch.equal(u1.int_repr(), u2.int_repr()) and torch.equal(u1.q_per_channel_scales(), u2.q_per_channel_scales())
+    assert torch.equal(b1, b2)
+    assert torch.equal(torch.ops.quantized.linear_dynamic(x, packed, False),
+                       torch.ops.quantized.linear_dynamic(x, fresh, False))
+
+
+def patcher():
+    """int8_patch's in-place re-quantisation op, built, self-tested and cached (None where it is
+    unavailable here; int8_patch.reason() says why)."""
+    from rlhfkit.generation import int8_patch
+
+    return int8_patch.patcher(patch_self_test)
+
+
 def linear(x: torch.Tensor, w, bias=None) -> torch.Tensor:
     """The runner's product on an int8 copy: `int8_linear` for an Int8Matrix, fbgemm's dynamic
     int8 linear for an fbgemm-packed weight (the same numbers: see the module docstring)."""
@@ -223,8 +258,6 @@ class Int8Weights:
         # they repack every weight
         self._patch = None
         if kernel == "fbgemm" and patch is not False:
-            from rlhfkit.generation.int8_patch import patcher
-
             self._patch = patcher()
             if patch and self._patch is None:
                 from rlhfkit.generation.int8_patch import reason

@@ -12,8 +12,8 @@
 // the new rounding would be (tests/test_quant.py compares both, bit for bit).
 //
 // torch ships fbgemm_utils.h, which declares PackedLinearWeight, but not the asmjit headers it
-// includes, so its members are declared here as that header has them (torch 2.4-2.13); the
-// Python side runs a self-test on a small weight before it uses this (quant._patcher), so a torch
+// includes, so its data members are declared here as torch 2.13's header has them; the Python
+// side runs a self-test on a small weight before it uses this (int8_patch.patcher), so a torch
 // whose layout differs falls back to the prepack instead of writing in the wrong place.
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
