@@ -79,7 +79,9 @@ def _vet(lib: Path) -> None:
         return
     code = ("import sys, torch; torch.ops.load_library(sys.argv[1]); "
             "from rlhfkit.generation.quant import patch_self_test; patch_self_test(torch.ops.rlhfkit_int8.requantize)")
-    r = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=300)
+    src = str(Path(__file__).resolve().parents[2])  # the directory rlhfkit imports from, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+    r = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=300, env=env)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         raise RuntimeError(f"the self-test of {lib.name} failed in a child process: {last}")

@@ -132,9 +132,9 @@ def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None)
 
 
 def patch_self_test(op) -> None:
-    """int8_patch's op checked: re-quantise a small packed weight (an odd shape, a bias, two row blocks as q/k/v are) and
-    compare it with torch's rounding and a fresh prepack of it: raises AssertionError unless the
-    int8 values, scales, bias and a product agree bitwise."""
+    """int8_patch's op checked: re-quantise a small packed weight (an odd shape, a bias, two row
+    blocks as q/k/v are) and compare it with torch's rounding and a fresh prepack of it: raises
+    AssertionError unless the int8 values, scales, bias and a product agree bitwise."""
     g = torch.Generator().manual_seed(0)
     n, k = 37, 50
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
@@ -309,7 +309,7 @@ class Int8Weights:
                 # in place: q holds what the packed copy holds; each part's rows re-rounded into both
                 r = 0
                 for i, (w, _) in enumerate(parts):
-                    self._patched += self._patch(self._packed[slot], w.detach().contiguous(), r, q[r:r + w.shape[0]],
+                    self.patched_values += self._patch(self._packed[slot], w.detach().contiguous(), r, q[r:r + w.shape[0]],
                                                  scale[r:r + w.shape[0]], bias if i == len(parts) - 1 else None)
                     r += w.shape[0]
             else:
@@ -345,7 +345,7 @@ class Int8Weights:
         """Re-quantise the copies whose weights changed; -> seconds it took."""
         t0 = time.perf_counter()
         self._jobs: list[tuple] = []
-        self._patched = 0  # int8 values this refresh wrote into packed copies in place
+        self.patched_values = 0  # int8 values this refresh changed in packed copies in place
         self.remade: list[int] = []  # the slots this refresh re-quantised (4i .. 4i + 3: layer i's qkv, o, gate/up, down)
         layers = self.hf.model.layers[: self.hf.config.num_hidden_layers]
         for i, layer in enumerate(layers):  # slots 4i .. 4i + 3: qkv, o, gate/up, down
@@ -365,7 +365,6 @@ class Int8Weights:
                                 n2.variance_epsilon, (p[s + 2], None), (None, None), (p[s + 3], None), layer.mlp.act_fn))
         if self.head_mode != "fp32":
             self.head = self._head(head_slot, (self.hf.lm_head,))
-        self.patched_values = self._patched  # of the remade slots' int8 values, those that changed (patching)
         return time.perf_counter() - t0
 
     def _head(self, slot: int, mods):
