@@ -383,8 +383,8 @@ def test_patched_refreshes_equal_repacked_ones_over_optimizer_steps():
         for a, b in zip(patched.layers, packed.layers):
             for j in (2, 4, 7, 9):
                 wa, wb = (a[j] if j == 2 else a[j][0]), (b[j] if j == 2 else b[j][0])
-                x = torch.randn(3, wa_k := dequantized(wa)[0].shape[1])
-                assert torch.equal(linear(x, wa), linear(x, wb)), (step, j, wa_k)
+                x = torch.randn(3, dequantized(wa)[0].shape[1])
+                assert torch.equal(linear(x, wa), linear(x, wb)), (step, j)
         assert torch.equal(patched.head(h), packed.head(h))
 
 

@@ -16,7 +16,7 @@ version and the compiler, so later runs load it at once. Where there is no compi
 fails, fbgemm is not torch's int8 engine, or a self-test on a small weight (first in a child
 process, once per build, so that a torch whose packed-weight layout differs from the one the C++
 declares crashes the child and not the run) does not reproduce torch's rounding and a fresh
-prepack bit for bit, `patcher()` returns None, says why once
+prepack bit for bit, `patcher(self_test)` returns None, says why once
 (`reason()`), and the int8 copies are repacked as before: slower refreshes, the same numbers.
 """
 
